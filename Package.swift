@@ -1,0 +1,43 @@
+// swift-tools-version:6.0
+// The architecture of Concord: every target depends only on the targets listed above it.
+import PackageDescription
+
+let package = Package(
+    name: "Concord",
+    products: [
+        .library(name: "Concord", targets: ["Concord"]),
+        .executable(name: "concord", targets: ["ConcordLauncher"]),
+        .executable(name: "concord-bench", targets: ["ConcordBench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // libuv from the system (Debian: libuv1-dev). Only ConcordUV imports it.
+        .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
+        // Vocabulary: ranks, dtypes, ops, deadlines, errors, frame header, Transport protocol. No Foundation.
+        .target(name: "ConcordCore"),
+        // Pure reduce kernels.
+        .target(name: "ConcordKernels", dependencies: ["ConcordCore"]),
+        // Ring schedule and collectives, written against `Transport`.
+        .target(name: "ConcordCollectives", dependencies: ["ConcordKernels", "ConcordCore"]),
+        // The libuv transport: loop thread, TCP links, frames, the rendezvous store.
+        .target(name: "ConcordUV", dependencies: ["ConcordCore", "CLibUV"]),
+        // The public face: Communicator.
+        .target(name: "Concord", dependencies: ["ConcordCollectives", "ConcordKernels", "ConcordUV", "ConcordCore"]),
+        // Test seams: in-memory transport, rank-spawning helpers, distinct-value fixtures.
+        .target(name: "ConcordTestSupport", dependencies: ["ConcordCore"]),
+        .executableTarget(
+            name: "ConcordLauncher",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
+            name: "ConcordBench",
+            dependencies: ["Concord", "ConcordTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Benchmarks/ConcordBench"),
+        .testTarget(name: "ConcordCoreTests", dependencies: ["ConcordCore"]),
+        .testTarget(name: "ConcordCollectivesTests", dependencies: ["ConcordCollectives", "ConcordTestSupport"]),
+        .testTarget(name: "ConcordUVTests", dependencies: ["Concord", "ConcordUV", "ConcordTestSupport"]),
+        .testTarget(name: "ConcordLauncherTests", dependencies: ["ConcordTestSupport"]),
+        .testTarget(name: "ConcordIntegrationTests", dependencies: ["ConcordTestSupport"]),
+    ]
+)

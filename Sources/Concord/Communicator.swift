@@ -1,0 +1,245 @@
+// The public face of Concord: a group of ranks that run collectives together.
+//
+// A Communicator owns one libuv event loop on its own thread. Every collective is a job on that thread:
+// the ring algorithm runs there as plain sequential code and each of its waits turns the loop, so no
+// step of the ring crosses threads. The async API suspends the caller with a continuation that the loop
+// thread resumes (no thread of Swift's cooperative pool ever blocks on the network); the blocking API
+// waits on a semaphore. Collectives run in the order they are called.
+@_exported import ConcordCore
+import ConcordCollectives
+import ConcordUV
+import Foundation
+
+/// A group of processes (ranks) that reduce buffers together over a TCP ring.
+///
+/// ```swift
+/// let comm = try await Communicator(environment: ProcessInfo.processInfo.environment)
+/// try await comm.allReduce(&gradients, op: .sum)
+/// await comm.shutdown()
+/// ```
+///
+/// Every rank must call the same collectives in the same order with the same element count, data type
+/// and op; a rank that does not gets a `ConcordError.mismatch` naming both ranks (never a hang). After any
+/// collective throws, the communicator is unusable and every later call throws the same error.
+public final class Communicator: @unchecked Sendable {
+    /// This process's rank, in `0..<worldSize`.
+    public let rank: Int
+    /// The number of ranks in the group.
+    public let worldSize: Int
+    /// The rank among the processes of this machine.
+    public let localRank: Int
+    /// The configuration the communicator joined with.
+    public let configuration: Configuration
+
+    private let loop: EventLoop
+    private let transport: UVTransport
+    /// Collective sequence number; only touched on the loop thread.
+    private var sequence: UInt64 = 0
+    private let stateLock = NSLock()
+    private var isShutDown = false
+
+    /// Largest payload of one frame, in bytes (a tuning knob; see docs/algorithms.md).
+    package var segmentBytes: Int {
+        get { stateLock.withLock { _segmentBytes } }
+        set { stateLock.withLock { _segmentBytes = max(64, newValue) } }
+    }
+    private var _segmentBytes = RingCollectives.defaultSegmentBytes
+
+    /// Joins the group described by the environment (see `Configuration(environment:)`).
+    /// - Throws: `ConcordError` when the environment is malformed or the join fails (the message names
+    ///   this rank and what to do).
+    public convenience init(environment: [String: String]) async throws {
+        try await self.init(configuration: Configuration(environment: environment))
+    }
+
+    /// Joins the group described by `configuration`, waiting at most `configuration.joinTimeout` seconds.
+    public convenience init(configuration: Configuration) async throws {
+        let loop = try EventLoop(name: "concord-\(configuration.rank)")
+        let transport: UVTransport = try await withCheckedThrowingContinuation { continuation in
+            loop.submit {
+                continuation.resume(with: Result { try Self.join(loop: loop, configuration) })
+            }
+        }
+        self.init(loop: loop, transport: transport, configuration: configuration)
+    }
+
+    /// Joins without Swift concurrency, blocking the calling thread (at most the join timeout).
+    public convenience init(blockingConfiguration configuration: Configuration) throws {
+        let loop = try EventLoop(name: "concord-\(configuration.rank)")
+        let transport: UVTransport
+        do {
+            transport = try loop.call { try Self.join(loop: loop, configuration) }
+        } catch {
+            loop.stop()
+            throw error
+        }
+        self.init(loop: loop, transport: transport, configuration: configuration)
+    }
+
+    /// Joins the group described by the environment, blocking the calling thread.
+    public convenience init(blockingEnvironment environment: [String: String]) throws {
+        try self.init(blockingConfiguration: Configuration(environment: environment))
+    }
+
+    private init(loop: EventLoop, transport: UVTransport, configuration: Configuration) {
+        self.loop = loop
+        self.transport = transport
+        self.configuration = configuration
+        self.rank = configuration.rank
+        self.worldSize = configuration.worldSize
+        self.localRank = configuration.localRank
+    }
+
+    private static func join(loop: EventLoop, _ configuration: Configuration) throws -> UVTransport {
+        var options = JoinOptions(
+            rank: configuration.rank, worldSize: configuration.worldSize,
+            masterHost: configuration.masterAddress, masterPort: configuration.masterPort)
+        options.joinTimeout = configuration.joinTimeout
+        options.peerTimeout = configuration.peerTimeout
+        options.advertisedHost = configuration.advertisedHost
+        options.listenPort = configuration.listenPort
+        let transport = try UVTransport(loop: loop, options: options)
+        // A first barrier proves the whole ring carries frames before the caller gets the communicator.
+        do {
+            try RingCollectives.barrier(sequence: 0, transport: transport)
+        } catch {
+            transport.close()
+            throw error
+        }
+        return transport
+    }
+
+    deinit {
+        if !isShutDown {
+            loop.submit { [transport] in transport.close() }
+            loop.stop()
+        }
+    }
+
+    // MARK: - Running work on the loop thread
+
+    /// Runs `body` with the next sequence number on the loop thread; resumes the caller when it ends.
+    private func run(_ body: @escaping @Sendable (UVTransport, UInt64) throws -> Void) async throws {
+        try checkOpen()
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            loop.submit { [self] in
+                continuation.resume(with: Result { try step(body) })
+            }
+        }
+    }
+
+    private func runBlocking(_ body: @escaping @Sendable (UVTransport, UInt64) throws -> Void) throws {
+        try checkOpen()
+        precondition(!loop.isLoopThread, "a blocking collective cannot be called from the communicator's own thread")
+        try loop.call { [self] in try step(body) }
+    }
+
+    /// On the loop thread.
+    private func step(_ body: (UVTransport, UInt64) throws -> Void) throws {
+        sequence += 1
+        try body(transport, sequence)
+    }
+
+    private func checkOpen() throws {
+        if stateLock.withLock({ isShutDown }) { throw ConcordError.shutDown(rank: rank) }
+    }
+
+    // MARK: - Collectives
+
+    /// Sums `data` element-wise over all ranks, in place; every rank ends with the same result.
+    ///
+    /// - Parameters:
+    ///   - data: the same number of elements on every rank (any count, including 0).
+    ///   - op: the reduction (`.sum`).
+    /// - Throws: `ConcordError` naming this rank and the peer at fault: `.peerLost`, `.aborted`,
+    ///   `.mismatch` (count, dtype, op or order differ), `.shutDown`.
+    public func allReduce(_ data: inout [Float], op: ReduceOp = .sum) async throws {
+        let box = ArrayBox(&data)
+        defer { box.restore(into: &data) }
+        let segment = segmentBytes
+        try await run { transport, sequence in
+            try box.withBytes { bytes, count in
+                try RingCollectives.allReduce(
+                    bytes, count: count, dataType: .float32, op: op, sequence: sequence, transport: transport,
+                    segmentBytes: segment)
+            }
+        }
+    }
+
+    /// Reduces the memory at `buffer` in place. The memory must stay valid and untouched until the call
+    /// returns.
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum) async throws {
+        let raw = SendableBytes(UnsafeMutableRawBufferPointer(buffer)), count = buffer.count
+        let segment = segmentBytes
+        try await run { transport, sequence in
+            try RingCollectives.allReduce(
+                raw.bytes, count: count, dataType: .float32, op: op, sequence: sequence, transport: transport,
+                segmentBytes: segment)
+        }
+    }
+
+    /// Returns once every rank has called `barrier`.
+    public func barrier() async throws {
+        try await run { transport, sequence in try RingCollectives.barrier(sequence: sequence, transport: transport) }
+    }
+
+    /// Blocking `allReduce`, for callers outside Swift concurrency.
+    public func allReduceBlocking(_ data: inout [Float], op: ReduceOp = .sum) throws {
+        try data.withUnsafeMutableBufferPointer { try allReduceBlocking($0, op: op) }
+    }
+
+    /// Blocking `allReduce` on raw memory.
+    public func allReduceBlocking(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum) throws {
+        let raw = SendableBytes(UnsafeMutableRawBufferPointer(buffer)), count = buffer.count
+        let segment = segmentBytes
+        try runBlocking { transport, sequence in
+            try RingCollectives.allReduce(
+                raw.bytes, count: count, dataType: .float32, op: op, sequence: sequence, transport: transport,
+                segmentBytes: segment)
+        }
+    }
+
+    /// Blocking `barrier`.
+    public func barrierBlocking() throws {
+        try runBlocking { transport, sequence in try RingCollectives.barrier(sequence: sequence, transport: transport) }
+    }
+
+    /// Says goodbye to the neighbours, closes every socket and stops the loop thread. Idempotent; later
+    /// collectives throw `ConcordError.shutDown`.
+    public func shutdown() async {
+        shutdownBlocking()
+    }
+
+    /// Blocking `shutdown`.
+    public func shutdownBlocking() {
+        let first = stateLock.withLock { () -> Bool in
+            defer { isShutDown = true }
+            return !isShutDown
+        }
+        guard first else { return }
+        loop.submit { [transport] in transport.close() }
+        loop.stop()
+    }
+
+    /// Whether the loop closed with no libuv handle left open (checked by tests after `shutdown`).
+    package var closedCleanly: Bool { loop.closedCleanly }
+    package var leakedHandles: [String] { loop.leakedHandles }
+}
+
+/// Holds an array's storage while a job on the loop thread works on it, so the caller's `inout` array is
+/// never copied: the array is moved in, worked on in place, and moved back.
+private final class ArrayBox: @unchecked Sendable {
+    var array: [Float] = []
+    init(_ data: inout [Float]) { swap(&array, &data) }
+    func restore(into data: inout [Float]) { swap(&array, &data) }
+    func withBytes(_ body: (UnsafeMutableRawBufferPointer, Int) throws -> Void) throws {
+        let count = array.count
+        try array.withUnsafeMutableBytes { try body($0, count) }
+    }
+}
+
+/// Raw memory the caller promised to keep valid for the duration of a call.
+private struct SendableBytes: @unchecked Sendable {
+    let bytes: UnsafeMutableRawBufferPointer
+    init(_ bytes: UnsafeMutableRawBufferPointer) { self.bytes = bytes }
+}

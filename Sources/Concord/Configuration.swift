@@ -1,0 +1,104 @@
+// The environment-variable contract: where a rank learns who it is and where the master is.
+import ConcordCore
+import Foundation
+
+/// Everything a `Communicator` needs to join its group.
+public struct Configuration: Sendable, Equatable {
+    public var rank: Int
+    public var worldSize: Int
+    public var localRank: Int
+    public var masterAddress: String
+    public var masterPort: Int
+    /// Seconds for the whole join (`CONCORD_TIMEOUT`, default 60).
+    public var joinTimeout: Double
+    /// Seconds of silence after which a peer is declared lost (`CONCORD_PEER_TIMEOUT`, default 10).
+    public var peerTimeout: Double
+    /// Host published to the other ranks (`CONCORD_HOST`); nil: the local address that reaches the master.
+    public var advertisedHost: String?
+    /// Port of this rank's ring listener (`CONCORD_PORT`, default 0: any free port).
+    public var listenPort: Int
+    /// Which launcher's variables supplied rank and world size, for messages.
+    public var source: String
+
+    public static let defaultMasterPort = 29500
+
+    public init(
+        rank: Int, worldSize: Int, localRank: Int? = nil, masterAddress: String = "127.0.0.1",
+        masterPort: Int = Configuration.defaultMasterPort, joinTimeout: Double = 60, peerTimeout: Double = 10,
+        advertisedHost: String? = nil, listenPort: Int = 0, source: String = "explicit"
+    ) {
+        self.rank = rank
+        self.worldSize = worldSize
+        self.localRank = localRank ?? rank
+        self.masterAddress = masterAddress
+        self.masterPort = masterPort
+        self.joinTimeout = joinTimeout
+        self.peerTimeout = peerTimeout
+        self.advertisedHost = advertisedHost
+        self.listenPort = listenPort
+        self.source = source
+    }
+
+    /// The launchers whose variables are understood, in order of precedence.
+    static let families: [(name: String, rank: String, size: String, local: String, addr: String?, port: String?)] = [
+        ("concord", "CONCORD_RANK", "CONCORD_WORLD_SIZE", "CONCORD_LOCAL_RANK", "CONCORD_MASTER_ADDR", "CONCORD_MASTER_PORT"),
+        ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"),
+        ("SLURM", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", nil, nil),
+        ("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", nil, nil),
+    ]
+
+    /// Reads the contract: `CONCORD_*` first, then torchrun's, SLURM's and Open MPI's variables for rank
+    /// and world size. The master address and port come from `CONCORD_MASTER_*`, else `MASTER_*`, else
+    /// 127.0.0.1:29500. With none of the rank variables set, this is a world of one rank.
+    ///
+    /// - Throws: `ConcordError.invalidConfiguration` naming the variable when a value is malformed or
+    ///   out of range.
+    public init(environment env: [String: String]) throws {
+        func integer(_ name: String) throws -> Int? {
+            guard let text = env[name]?.trimmingCharacters(in: .whitespaces), !text.isEmpty else { return nil }
+            guard let value = Int(text) else {
+                throw ConcordError.invalidConfiguration("\(name)=\(text) is not an integer")
+            }
+            return value
+        }
+        func seconds(_ name: String, default value: Double) throws -> Double {
+            guard let text = env[name], !text.isEmpty else { return value }
+            guard let v = Double(text), v > 0 else {
+                throw ConcordError.invalidConfiguration("\(name)=\(text) must be a positive number of seconds")
+            }
+            return v
+        }
+        var found: (name: String, rank: Int, size: Int, local: Int?)?
+        for family in Self.families {
+            let rank = try integer(family.rank), size = try integer(family.size)
+            if rank == nil && size == nil { continue }
+            guard let rank, let size else {
+                throw ConcordError.invalidConfiguration(
+                    "\(rank == nil ? family.rank : family.size) is missing while \(rank == nil ? family.size : family.rank) is set")
+            }
+            found = (family.name, rank, size, try integer(family.local))
+            break
+        }
+        let (source, rank, size, local) = found ?? ("default (no launcher variables)", 0, 1, nil)
+        guard size >= 1 else { throw ConcordError.invalidConfiguration("world size \(size) (from \(source)) must be at least 1") }
+        guard (0..<size).contains(rank) else {
+            throw ConcordError.invalidConfiguration("rank \(rank) (from \(source)) is outside 0..<\(size)")
+        }
+        let address = env["CONCORD_MASTER_ADDR"] ?? env["MASTER_ADDR"] ?? "127.0.0.1"
+        let portName = env["CONCORD_MASTER_PORT"] != nil ? "CONCORD_MASTER_PORT" : "MASTER_PORT"
+        let port = try integer(portName) ?? Self.defaultMasterPort
+        guard (1...65535).contains(port) else {
+            throw ConcordError.invalidConfiguration("\(portName)=\(port) is not a TCP port (1...65535)")
+        }
+        let listenPort = try integer("CONCORD_PORT") ?? 0
+        guard (0...65535).contains(listenPort) else {
+            throw ConcordError.invalidConfiguration("CONCORD_PORT=\(listenPort) is not a TCP port (0...65535)")
+        }
+        self.init(
+            rank: rank, worldSize: size, localRank: local ?? rank, masterAddress: address, masterPort: port,
+            joinTimeout: try seconds("CONCORD_TIMEOUT", default: 60),
+            peerTimeout: try seconds("CONCORD_PEER_TIMEOUT", default: 10),
+            advertisedHost: env["CONCORD_HOST"].flatMap { $0.isEmpty ? nil : $0 }, listenPort: listenPort,
+            source: source)
+    }
+}

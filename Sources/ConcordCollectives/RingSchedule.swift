@@ -1,0 +1,117 @@
+// The ring schedule: which elements every rank sends and receives at every step of a ring collective.
+//
+// Vocabulary
+//   rank     one member of the group, 0..<n; its *right* is rank+1 and its *left* rank-1 (mod n).
+//            Data flows left -> right only.
+//   chunk    the buffer of `count` elements is cut into n contiguous chunks, as equal as possible
+//            (the first count % n chunks get one element more). Chunk c ends up reduced on rank c-1.
+//   segment  each chunk is cut again into k = ceil(largest chunk / segment size) segments, the unit of
+//            a frame on the wire; every chunk has the same k, so all ranks agree on the frame sequence.
+//   step     one round of the ring: every rank sends one chunk to its right and receives one from its left.
+//   unit     (phase, step, segment): the i-th frame a rank sends and the i-th frame it receives.
+//
+//        rank0 ──▶ rank1 ──▶ rank2 ──▶ rank3
+//          ▲                              │
+//          └──────────────────────────────┘
+//
+// Reduce-scatter, steps s = 0..<n-1: rank r sends chunk r-s and receives chunk r-s-1, which it combines
+// into its own copy. After the phase rank r holds chunk r+1 reduced over all ranks.
+// All-gather, steps s = 0..<n-1: rank r sends chunk r+1-s and receives chunk r-s, which it stores.
+//
+// The chunk a rank sends at unit u+k is the one it received at unit u (in both phases and across the
+// boundary between them), so a collective is: post the sends of step 0, then for each received unit u,
+// post the send of unit u+k. Each rank sends 2(n-1) chunks, i.e. 2·S·(n-1)/n bytes for a buffer of S
+// bytes, which is optimal for a ring; busbw = algbw · 2(n-1)/n measures exactly that per link.
+
+/// One of the two phases of a ring all-reduce.
+public enum RingPhase: Int, Sendable, CaseIterable {
+    case reduceScatter = 0
+    case allGather = 1
+}
+
+/// A pure plan of a ring collective for one rank: chunk and segment ranges and the send/receive order.
+public struct RingSchedule: Sendable, Equatable {
+    public let worldSize: Int
+    public let rank: Int
+    /// Elements in the whole buffer.
+    public let count: Int
+    /// Segments in every chunk (at least 1, even for empty chunks, so a zero-element collective still
+    /// exchanges one frame per step and a rank that disagrees on the count is caught).
+    public let segmentsPerChunk: Int
+
+    /// - Parameters:
+    ///   - segmentElements: the largest number of elements one segment may carry (at least 1).
+    public init(worldSize: Int, rank: Int, count: Int, segmentElements: Int) {
+        precondition(worldSize >= 1 && (0..<worldSize).contains(rank), "rank \(rank) out of 0..<\(worldSize)")
+        precondition(count >= 0 && segmentElements >= 1)
+        self.worldSize = worldSize
+        self.rank = rank
+        self.count = count
+        let largestChunk = (count + worldSize - 1) / worldSize
+        self.segmentsPerChunk = max(1, (largestChunk + segmentElements - 1) / segmentElements)
+    }
+
+    public var left: Int { (rank + worldSize - 1) % worldSize }
+    public var right: Int { (rank + 1) % worldSize }
+    /// Steps in one phase.
+    public var stepsPerPhase: Int { worldSize - 1 }
+
+    /// The elements of chunk `c` (any integer; taken mod n).
+    public func chunk(_ c: Int) -> Range<Int> {
+        let c = Self.mod(c, worldSize)
+        let base = count / worldSize, extra = count % worldSize
+        let start = c * base + min(c, extra)
+        return start..<(start + base + (c < extra ? 1 : 0))
+    }
+
+    /// The elements of segment `j` of chunk `c`.
+    public func segment(_ j: Int, ofChunk c: Int) -> Range<Int> {
+        let whole = chunk(c)
+        let k = segmentsPerChunk
+        return (whole.lowerBound + whole.count * j / k)..<(whole.lowerBound + whole.count * (j + 1) / k)
+    }
+
+    /// The chunk this rank sends at `step` of `phase`.
+    public func sendChunk(_ phase: RingPhase, step: Int) -> Int {
+        switch phase {
+        case .reduceScatter: return Self.mod(rank - step, worldSize)
+        case .allGather: return Self.mod(rank + 1 - step, worldSize)
+        }
+    }
+
+    /// The chunk this rank receives at `step` of `phase`.
+    public func receiveChunk(_ phase: RingPhase, step: Int) -> Int {
+        switch phase {
+        case .reduceScatter: return Self.mod(rank - step - 1, worldSize)
+        case .allGather: return Self.mod(rank - step, worldSize)
+        }
+    }
+
+    /// One frame's worth of work: what is sent and what is received at unit `index`.
+    public struct Unit: Sendable, Equatable {
+        public let phase: RingPhase
+        public let step: Int
+        public let segment: Int
+        public let send: Range<Int>
+        public let receive: Range<Int>
+    }
+
+    /// Units in one phase.
+    public var unitsPerPhase: Int { stepsPerPhase * segmentsPerChunk }
+
+    /// Unit `index`, counting from the first unit of reduce-scatter through the end of all-gather.
+    public func unit(_ index: Int) -> Unit {
+        let perPhase = unitsPerPhase
+        precondition(index >= 0 && index < 2 * perPhase)
+        let phase: RingPhase = index < perPhase ? .reduceScatter : .allGather
+        let within = index % perPhase
+        let step = within / segmentsPerChunk, j = within % segmentsPerChunk
+        return Unit(
+            phase: phase, step: step, segment: j,
+            send: segment(j, ofChunk: sendChunk(phase, step: step)),
+            receive: segment(j, ofChunk: receiveChunk(phase, step: step)))
+    }
+
+    @inlinable
+    static func mod(_ a: Int, _ n: Int) -> Int { ((a % n) + n) % n }
+}

@@ -1,0 +1,109 @@
+// Opening links: a listener that accepts, and a connector that retries until a deadline.
+internal import CLibUV
+import ConcordCore
+
+/// A listening TCP socket; every accepted connection becomes a `PeerLink` handed to `onAccept`.
+final class Listener {
+    let loop: EventLoop
+    let rank: Int
+    let tcp: UnsafeMutablePointer<uv_tcp_t>
+    var onAccept: ((PeerLink) -> Void)?
+    private var isClosing = false
+
+    /// Binds `host:port` (port 0 picks a free one) and listens.
+    /// - Throws: `ConcordError.addressInUse` with `inUseHint` when the port is taken, `.system` otherwise.
+    init(loop: EventLoop, rank: Int, host: String, port: Int, inUseHint: String) throws {
+        self.loop = loop
+        self.rank = rank
+        let address = try SocketAddress(host: host, port: port)
+        tcp = .allocate(capacity: 1)
+        try uvCheck(uv_tcp_init(loop.loop, tcp), "uv_tcp_init", rank: rank)
+        tcp.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        var rc = address.withSockaddr { uv_tcp_bind(tcp, $0, 0) }
+        if rc == 0 {
+            rc = uv_listen(tcp.asStream, 128, { server, status in
+                let listener = Unmanaged<Listener>.fromOpaque(server!.pointee.data).takeUnretainedValue()
+                listener.accept(status: status)
+            })
+        }
+        if rc < 0 {
+            close()
+            if rc == UV_EADDRINUSE.rawValue {
+                throw ConcordError.addressInUse(rank: rank, address: address.description, hint: inUseHint)
+            }
+            try uvCheck(rc, "listen on \(address)", rank: rank)
+        }
+    }
+
+    /// The bound port (the chosen one when asked for port 0).
+    var port: Int {
+        var storage = sockaddr_storage()
+        var length = Int32(MemoryLayout<sockaddr_storage>.size)
+        _ = withUnsafeMutableBytes(of: &storage) {
+            uv_tcp_getsockname(tcp, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length)
+        }
+        return withUnsafeBytes(of: storage) { SocketAddress(copying: $0.baseAddress!, length: Int(length)).port }
+    }
+
+    private func accept(status: Int32) {
+        guard status == 0, !isClosing, let link = try? PeerLink(loop: loop, rank: rank) else { return }
+        if uv_accept(tcp.asStream, link.tcp.asStream) != 0 {
+            link.close()
+            return
+        }
+        if let onAccept { onAccept(link) } else { link.close() }
+    }
+
+    func close() {
+        guard !isClosing else { return }
+        isClosing = true
+        onAccept = nil
+        uv_close(tcp.asHandle) { handle in
+            let listener = Unmanaged<Listener>.fromOpaque(handle!.pointee.data).takeRetainedValue()
+            listener.tcp.deallocate()
+        }
+    }
+}
+
+/// One uv_connect in flight.
+private final class ConnectRequest {
+    let request = UnsafeMutablePointer<uv_connect_t>.allocate(capacity: 1)
+    var status: Int32?
+    deinit { request.deallocate() }
+}
+
+enum Connector {
+    /// Connects to `address`, retrying refused or failed attempts every `retrySeconds` until `deadline`.
+    /// On the loop thread.
+    /// - Returns: the connected link (not yet reading), or throws the last failure's description wrapped
+    ///   by `onTimeout`.
+    static func connect(
+        loop: EventLoop, rank: Int, to address: SocketAddress, deadline: Deadline, retrySeconds: Double = 0.05,
+        onTimeout: (_ lastFailure: String) -> ConcordError
+    ) throws -> PeerLink {
+        var lastFailure = "no attempt finished"
+        while true {
+            let link = try PeerLink(loop: loop, rank: rank)
+            let connect = ConnectRequest()
+            connect.request.pointee.data = Unmanaged.passRetained(connect).toOpaque()
+            let rc = address.withSockaddr {
+                uv_tcp_connect(connect.request, link.tcp, $0) { request, status in
+                    let connect = Unmanaged<ConnectRequest>.fromOpaque(request!.pointee.data).takeRetainedValue()
+                    connect.status = status
+                }
+            }
+            if rc < 0 {
+                Unmanaged<ConnectRequest>.fromOpaque(connect.request.pointee.data).release()
+                link.close()
+                throw onTimeout(uvErrorText(rc).message)
+            }
+            loop.run(until: { connect.status != nil }, deadline: deadline)
+            if connect.status == 0 { return link }
+            if let status = connect.status { lastFailure = uvErrorText(status).message } else { lastFailure = "connection attempt timed out" }
+            link.close()  // cancels a pending attempt; its callback still runs and frees the request
+            loop.run(until: { connect.status != nil }, deadline: .after(seconds: 1))
+            if deadline.hasPassed { throw onTimeout(lastFailure) }
+            loop.run(until: { false }, deadline: .earliest(deadline, .after(seconds: retrySeconds)))
+        }
+    }
+}

@@ -1,0 +1,448 @@
+// A framed TCP connection between two Concord processes.
+//
+// Reading is a small state machine driven by libuv's alloc/read callbacks:
+//
+//   header(got) ──48 bytes──▶ data frame? ──receive posted──▶ data(got) ──payload done──▶ header(0)
+//        │                        └─────no receive posted──▶ parked (reading stopped)
+//        └──────────────────────▶ control frame ──▶ control(got) ──▶ delegate ──▶ header(0)
+//
+// Payload bytes are read straight into the caller's buffer (plain receives) or into a 64 KiB scratch
+// that stays in L2 and is combined into the caller's buffer as soon as it arrives (reducing receives).
+// A data frame that arrives before its receive is posted parks the reader: nothing is buffered in
+// user space and TCP flow control holds the sender back, so memory stays bounded however fast the peer is.
+//
+// Writes hand libuv the 48-byte header and the caller's payload as two buffers of one uv_write; no copy.
+// A link keeps itself alive (a retained reference in `handle.data`) until its close callback runs.
+internal import CLibUV
+import ConcordCore
+import Foundation
+
+/// What a link tells its owner.
+protocol PeerLinkDelegate: AnyObject {
+    /// A control frame (anything but data and heartbeat) arrived.
+    func link(_ link: PeerLink, received header: FrameHeader, payload: [UInt8])
+    /// The link failed; `link.failure` holds why. Called once.
+    func linkFailed(_ link: PeerLink)
+    /// A posted send or receive finished.
+    func transferCompleted(_ id: Int)
+}
+
+/// A receive waiting for its frame.
+struct PostedReceive {
+    let id: Int
+    let tag: SegmentTag
+    let destination: UnsafeMutableRawPointer?
+    let reducer: Reducer?
+    /// Payload bytes already stored or combined into `destination`.
+    var done = 0
+}
+
+final class PeerLink {
+    /// Bytes of the reduce scratch: small enough to stay in L2 between the kernel's copy and the combine.
+    package static let reduceChunkBytes = 64 * 1024
+
+    let loop: EventLoop
+    let tcp: UnsafeMutablePointer<uv_tcp_t>
+    /// This process's rank, for error messages (-1 before it has one).
+    let rank: Int
+    /// The rank at the other end, once the handshake told us.
+    var peerRank: Int?
+    weak var delegate: PeerLinkDelegate?
+    private(set) var failure: ConcordError?
+    private(set) var isClosing = false
+    /// Set by the owner when an end of stream is expected (the peer said bye).
+    var peerSaidBye = false
+    private(set) var lastHeard = ContinuousClock.now
+    private(set) var lastWritten = ContinuousClock.now
+    private(set) var pendingWrites = 0
+
+    private enum ReadState {
+        case header(got: Int)
+        case control(FrameHeader, got: Int)
+        case data(FrameHeader, got: Int)
+        case parked(FrameHeader)
+        case stopped
+    }
+    private var state = ReadState.header(got: 0)
+    private var reading = false
+    private let headerBytes = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
+    private var controlBytes: UnsafeMutableRawPointer?
+    private var scratch: UnsafeMutableRawPointer?
+    private var leftover = 0
+    private var receives: [PostedReceive] = []
+    private var receiveHead = 0
+
+    init(loop: EventLoop, rank: Int) throws {
+        self.loop = loop
+        self.rank = rank
+        tcp = .allocate(capacity: 1)
+        let rc = uv_tcp_init(loop.loop, tcp)
+        if rc < 0 {
+            tcp.deallocate()
+            headerBytes.deallocate()
+            try uvCheck(rc, "uv_tcp_init", rank: rank)
+        }
+        tcp.pointee.data = Unmanaged.passRetained(self).toOpaque()
+    }
+
+    deinit {
+        headerBytes.deallocate()
+        controlBytes?.deallocate()
+        scratch?.deallocate()
+    }
+
+    /// Who is at the other end, for messages: "rank 3", or the address before the handshake.
+    var peerLabel: String { peerRank.map { "rank \($0)" } ?? (remoteAddress?.description ?? "an unknown peer") }
+
+    var remoteAddress: SocketAddress? { address(uv_tcp_getpeername) }
+    var localAddress: SocketAddress? { address(uv_tcp_getsockname) }
+
+    private func address(
+        _ get: (UnsafePointer<uv_tcp_t>?, UnsafeMutablePointer<sockaddr>?, UnsafeMutablePointer<Int32>?) -> Int32
+    ) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = Int32(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutableBytes(of: &storage) {
+            get(tcp, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), &length)
+        }
+        guard rc == 0 else { return nil }
+        return withUnsafeBytes(of: storage) { SocketAddress(copying: $0.baseAddress!, length: Int(length)) }
+    }
+
+    /// TCP_NODELAY, keepalive probes every second, and TCP_USER_TIMEOUT so a silent partition surfaces
+    /// as an error in `timeout` seconds even while data is unacknowledged. Socket buffers stay autotuned.
+    func configure(timeout: Double) {
+        uv_tcp_nodelay(tcp, 1)
+        uv_tcp_keepalive(tcp, 1, 1)
+        var fd: uv_os_fd_t = -1
+        if uv_fileno(tcp.asHandle, &fd) == 0 {
+            var ms = UInt32(max(1000, timeout * 1000))
+            _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, &ms, socklen_t(MemoryLayout<UInt32>.size))
+        }
+    }
+
+    // MARK: - Reading
+
+    func startReading() {
+        guard !reading, !isClosing, failure == nil else { return }
+        if case .parked = state { return }
+        if case .stopped = state { return }
+        let rc = uv_read_start(tcp.asStream, linkAllocate, linkRead)
+        if rc < 0 {
+            fail(.peerLost(rank: rank, peer: peerRank ?? -1, reason: "cannot read: \(uvErrorText(rc).message)"))
+        } else {
+            reading = true
+        }
+    }
+
+    private func stopReading() {
+        if reading { uv_read_stop(tcp.asStream) }
+        reading = false
+    }
+
+    /// Queues a receive; the next data frame from the peer must match `receive.tag`.
+    func post(_ receive: PostedReceive) {
+        receives.append(receive)
+        if case let .parked(header) = state {
+            state = .header(got: 0)
+            lastHeard = .now
+            begin(data: header)
+            startReading()
+        }
+    }
+
+    /// Whether the reader waits for a receive to be posted (the peer is ahead of us; not a silence).
+    var isParked: Bool {
+        if case .parked = state { return true }
+        return false
+    }
+
+    /// Whether the peer owes us bytes: a receive is posted and not complete.
+    var isAwaitingData: Bool { receiveHead < receives.count }
+
+    fileprivate func allocate(_ buf: UnsafeMutablePointer<uv_buf_t>) {
+        switch state {
+        case let .header(got):
+            buf.pointee = uv_buf_init(
+                (headerBytes + got).assumingMemoryBound(to: CChar.self), UInt32(FrameHeader.size - got))
+        case let .control(header, got):
+            buf.pointee = uv_buf_init(
+                (controlBytes! + got).assumingMemoryBound(to: CChar.self), UInt32(Int(header.payloadLength) - got))
+        case let .data(header, got):
+            let receive = receives[receiveHead]
+            let remaining = Int(header.payloadLength) - got
+            if receive.reducer != nil {
+                if scratch == nil {
+                    scratch = .allocate(byteCount: Self.reduceChunkBytes, alignment: 64)
+                }
+                let room = min(Self.reduceChunkBytes - leftover, remaining)
+                buf.pointee = uv_buf_init((scratch! + leftover).assumingMemoryBound(to: CChar.self), UInt32(room))
+            } else {
+                let room = min(remaining, 1 << 30)
+                buf.pointee = uv_buf_init(
+                    (receive.destination! + receive.done).assumingMemoryBound(to: CChar.self), UInt32(room))
+            }
+        case .parked, .stopped:
+            buf.pointee = uv_buf_init(nil, 0)
+        }
+    }
+
+    fileprivate func didRead(_ n: Int) {
+        if n < 0 {
+            let code = Int32(n)
+            if code == UV_ENOBUFS.rawValue { return }
+            let reason: String
+            if code == UV_EOF.rawValue {
+                if peerSaidBye {
+                    reason = "it shut down its communicator"
+                } else if case .header(0) = state {
+                    reason = "connection closed: the process ended or closed its socket"
+                } else {
+                    reason = "connection closed in the middle of a frame: the process ended"
+                }
+            } else {
+                reason = "connection failed: \(uvErrorText(code).message)"
+            }
+            fail(.peerLost(rank: rank, peer: peerRank ?? -1, reason: reason))
+            return
+        }
+        if n == 0 { return }
+        lastHeard = .now
+        switch state {
+        case let .header(got):
+            if got + n < FrameHeader.size {
+                state = .header(got: got + n)
+                return
+            }
+            state = .header(got: 0)
+            let header: FrameHeader
+            do {
+                header = try FrameHeader.decode(headerBytes)
+            } catch {
+                fail(decodeFailure(error))
+                return
+            }
+            handle(header)
+        case let .control(header, got):
+            if got + n < Int(header.payloadLength) {
+                state = .control(header, got: got + n)
+                return
+            }
+            state = .header(got: 0)
+            let payload = [UInt8](UnsafeRawBufferPointer(start: controlBytes, count: Int(header.payloadLength)))
+            controlBytes?.deallocate()
+            controlBytes = nil
+            delegate?.link(self, received: header, payload: payload)
+        case let .data(header, got):
+            consume(n, of: header, got: got)
+        case .parked, .stopped:
+            break
+        }
+    }
+
+    private func decodeFailure(_ error: FrameHeader.DecodeError) -> ConcordError {
+        switch error {
+        case let .version(v):
+            return .protocolVersion(rank: rank, peer: peerLabel, local: Int(FrameHeader.protocolVersion), remote: Int(v))
+        case let .badMagic(m):
+            return .malformedFrame(
+                rank: rank, peer: peerLabel,
+                detail: "not a Concord frame (magic 0x\(String(m, radix: 16)), expected 0x\(String(FrameHeader.magic, radix: 16)))")
+        case let .unknownKind(k):
+            return .malformedFrame(rank: rank, peer: peerLabel, detail: "unknown frame kind \(k)")
+        case let .oversizedControl(length):
+            return .malformedFrame(
+                rank: rank, peer: peerLabel,
+                detail: "control frame of \(length) bytes (at most \(FrameHeader.maxControlPayload))")
+        }
+    }
+
+    private func handle(_ header: FrameHeader) {
+        switch header.kind {
+        case .data:
+            guard let peer = peerRank, header.sender == UInt32(peer) else {
+                fail(.malformedFrame(rank: rank, peer: peerLabel, detail: "data frame from sender \(header.sender) on a connection that has not completed its handshake as that rank"))
+                return
+            }
+            guard header.tag != nil else {
+                fail(.malformedFrame(rank: rank, peer: peerLabel, detail: "data frame with unknown codes (collective \(header.collective), dtype \(header.dataType), op \(header.op)) or a length of \(header.payloadLength) bytes that is not whole elements"))
+                return
+            }
+            if receiveHead == receives.count {
+                state = .parked(header)
+                stopReading()
+            } else {
+                begin(data: header)
+            }
+        case .heartbeat:
+            break
+        default:
+            if header.payloadLength == 0 {
+                delegate?.link(self, received: header, payload: [])
+            } else {
+                controlBytes = .allocate(byteCount: Int(header.payloadLength), alignment: 8)
+                state = .control(header, got: 0)
+            }
+        }
+    }
+
+    private func begin(data header: FrameHeader) {
+        let receive = receives[receiveHead]
+        do {
+            try receive.tag.check(received: header.tag!, rank: rank, peer: peerRank ?? -1)
+        } catch {
+            fail(error as! ConcordError)
+            return
+        }
+        if header.payloadLength == 0 {
+            completeReceive()
+        } else {
+            leftover = 0
+            state = .data(header, got: 0)
+        }
+    }
+
+    private func consume(_ n: Int, of header: FrameHeader, got: Int) {
+        let receive = receives[receiveHead]
+        if let reducer = receive.reducer {
+            let available = leftover + n
+            let whole = available / reducer.elementSize
+            if whole > 0 {
+                reducer.combine(receive.destination! + receive.done, scratch!, whole)
+                receives[receiveHead].done += whole * reducer.elementSize
+            }
+            leftover = available - whole * reducer.elementSize
+            if leftover > 0 { scratch!.copyMemory(from: scratch! + whole * reducer.elementSize, byteCount: leftover) }
+        } else {
+            receives[receiveHead].done += n
+        }
+        if got + n == Int(header.payloadLength) {
+            state = .header(got: 0)
+            completeReceive()
+        } else {
+            state = .data(header, got: got + n)
+        }
+    }
+
+    private func completeReceive() {
+        let id = receives[receiveHead].id
+        receiveHead += 1
+        if receiveHead == receives.count {
+            receives.removeAll(keepingCapacity: true)
+            receiveHead = 0
+        }
+        delegate?.transferCompleted(id)
+    }
+
+    // MARK: - Writing
+
+    /// Queues a frame: `header`, then `control` bytes (copied) or `payload` (not copied: it must stay
+    /// valid until the write completes). Returns false when the link can no longer write.
+    @discardableResult
+    /// `force` writes even after a failure (a last refuse or abort on a link that is about to close).
+    func write(
+        _ header: FrameHeader, control: [UInt8] = [], payload: UnsafeRawBufferPointer? = nil, transfer: Int? = nil,
+        force: Bool = false
+    ) -> Bool {
+        guard force || failure == nil, !isClosing else { return false }
+        var header = header
+        header.payloadLength = UInt64(payload?.count ?? control.count)
+        let request = WriteRequest(link: self, transfer: transfer, headerBytes: FrameHeader.size + control.count)
+        header.encode(into: request.bytes)
+        if !control.isEmpty {
+            control.withUnsafeBytes { (request.bytes + FrameHeader.size).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        }
+        var buffers = [uv_buf_t(base: request.bytes.assumingMemoryBound(to: CChar.self), len: FrameHeader.size + control.count)]
+        if let payload, payload.count > 0 {
+            buffers.append(uv_buf_t(base: UnsafeMutableRawPointer(mutating: payload.baseAddress!).assumingMemoryBound(to: CChar.self), len: payload.count))
+        }
+        request.request.pointee.data = Unmanaged.passRetained(request).toOpaque()
+        pendingWrites += 1
+        let rc = uv_write(request.request, tcp.asStream, &buffers, UInt32(buffers.count), linkWritten)
+        if rc < 0 {
+            Unmanaged<WriteRequest>.fromOpaque(request.request.pointee.data).release()
+            pendingWrites -= 1
+            if failure == nil {
+                fail(.peerLost(rank: rank, peer: peerRank ?? -1, reason: "cannot write: \(uvErrorText(rc).message)"))
+            }
+            return false
+        }
+        lastWritten = .now
+        return true
+    }
+
+    fileprivate func written(_ request: WriteRequest, status: Int32) {
+        pendingWrites -= 1
+        if status == 0 {
+            if let id = request.transfer { delegate?.transferCompleted(id) }
+        } else if status != UV_ECANCELED.rawValue && failure == nil {
+            let reason = peerSaidBye ? "it shut down its communicator" : "write failed: \(uvErrorText(status).message)"
+            fail(.peerLost(rank: rank, peer: peerRank ?? -1, reason: reason))
+        }
+    }
+
+    // MARK: - Failing and closing
+
+    /// Records the first failure, stops reading, and tells the delegate. Later failures are ignored.
+    func fail(_ error: ConcordError) {
+        guard failure == nil, !isClosing else { return }
+        failure = error
+        stopReading()
+        state = .stopped
+        delegate?.linkFailed(self)
+    }
+
+    /// Closes the socket; pending writes complete with ECANCELED first. Idempotent.
+    func close() {
+        guard !isClosing else { return }
+        isClosing = true
+        stopReading()
+        state = .stopped
+        uv_close(tcp.asHandle, linkClosed)
+    }
+
+    fileprivate func closed() {
+        tcp.deallocate()
+    }
+}
+
+/// One uv_write in flight: the request and the header (plus control payload) bytes it points at.
+final class WriteRequest {
+    unowned let link: PeerLink
+    let transfer: Int?
+    let request = UnsafeMutablePointer<uv_write_t>.allocate(capacity: 1)
+    let bytes: UnsafeMutableRawPointer
+
+    init(link: PeerLink, transfer: Int?, headerBytes: Int) {
+        self.link = link
+        self.transfer = transfer
+        bytes = .allocate(byteCount: headerBytes, alignment: 8)
+    }
+
+    deinit {
+        request.deallocate()
+        bytes.deallocate()
+    }
+}
+
+private func linkOf(_ handle: UnsafeMutablePointer<uv_handle_t>?) -> PeerLink {
+    Unmanaged<PeerLink>.fromOpaque(handle!.pointee.data).takeUnretainedValue()
+}
+
+private func linkAllocate(_ handle: UnsafeMutablePointer<uv_handle_t>?, _ suggested: Int, _ buf: UnsafeMutablePointer<uv_buf_t>?) {
+    linkOf(handle).allocate(buf!)
+}
+
+private func linkRead(_ stream: UnsafeMutablePointer<uv_stream_t>?, _ n: Int, _ buf: UnsafePointer<uv_buf_t>?) {
+    linkOf(stream?.asHandle).didRead(n)
+}
+
+private func linkWritten(_ request: UnsafeMutablePointer<uv_write_t>?, _ status: Int32) {
+    let write = Unmanaged<WriteRequest>.fromOpaque(request!.pointee.data).takeRetainedValue()
+    write.link.written(write, status: status)
+}
+
+private func linkClosed(_ handle: UnsafeMutablePointer<uv_handle_t>?) {
+    let link = Unmanaged<PeerLink>.fromOpaque(handle!.pointee.data).takeRetainedValue()
+    link.closed()
+}

@@ -1,0 +1,360 @@
+// The libuv transport: a rank's two ring links and the rendezvous that opens them.
+//
+// Rendezvous (all on the loop thread, bounded by the join deadline):
+//   1. rank 0 starts the store at the master port; every rank listens on a port of its own (0 = any);
+//   2. every rank connects to the store, publishes `rank/<r> = host:port` (rank 0 also a random session);
+//   3. every rank waits for all addresses (a timeout names the ranks that never joined);
+//   4. every rank connects to its right neighbour and says hello (rank, world size, session); it accepts
+//      its left neighbour's hello and answers welcome (or refuse, with the reason, to a stranger).
+//
+//      rank r-1 ──hello──▶ rank r ──hello──▶ rank r+1     (two sockets per rank: receive from the left,
+//               ◀─welcome─        ◀─welcome─               send to the right; for n = 2, two between the pair)
+//
+// Liveness: every 250 ms the loop's tick sends a heartbeat on each link that has written nothing for a
+// second, and fails a link that has heard nothing for the peer timeout (unless the link is parked
+// because the peer is ahead of us, which proves it alive). A failure records the first error, tells the
+// other neighbour with an abort frame (so the whole ring learns the root cause within milliseconds),
+// and makes every wait throw it. A peer that said bye is gone cleanly: only a later use of it fails.
+internal import CLibUV
+import ConcordCore
+import Foundation
+
+/// What a rank needs to join: its place in the group and where the master is.
+public struct JoinOptions: Sendable {
+    public var rank: Int
+    public var worldSize: Int
+    public var masterHost: String
+    public var masterPort: Int
+    /// Whether this process serves the store (rank 0 by default).
+    public var hostsStore: Bool
+    /// Address the ring listener binds ("0.0.0.0": every interface).
+    public var listenHost = "0.0.0.0"
+    /// Port the ring listener binds (0: any free port).
+    public var listenPort = 0
+    /// Host published to the other ranks; nil: the local address of the connection to the master.
+    public var advertisedHost: String?
+    /// Seconds for the whole join.
+    public var joinTimeout: Double = 60
+    /// Seconds of silence after which a peer is declared lost.
+    public var peerTimeout: Double = 10
+
+    public init(rank: Int, worldSize: Int, masterHost: String, masterPort: Int, hostsStore: Bool? = nil) {
+        self.rank = rank
+        self.worldSize = worldSize
+        self.masterHost = masterHost
+        self.masterPort = masterPort
+        self.hostsStore = hostsStore ?? (rank == 0)
+    }
+}
+
+/// A `Transport` over libuv TCP between ring neighbours. Every call on its loop's thread.
+public final class UVTransport: Transport, @unchecked Sendable {
+    public let rank: Int
+    public let worldSize: Int
+    public let loop: EventLoop
+    let options: JoinOptions
+    private var left: PeerLink?
+    private var right: PeerLink?
+    private var store: StoreServer?
+    private var listener: Listener?
+    private var candidates: [ObjectIdentifier: PeerLink] = [:]
+    private var session = ""
+    private var joinProblem: ConcordError?
+    private var welcomed = false
+    private var refusal: String?
+    private var tickID: Int?
+    private var nextID = 0
+    private var completed = Set<Int>()
+    private var outstanding: [Int] = []
+    /// The first failure; once set, every call throws it.
+    public private(set) var failure: ConcordError?
+    private var isClosed = false
+
+    /// The port of the store when this rank hosts it.
+    public var storePort: Int? { store?.port }
+
+    /// Joins the group: rendezvous through the store, then connects the ring. On the loop thread.
+    /// - Throws: `ConcordError` naming this rank: `.addressInUse`, `.masterUnreachable`, `.joinTimeout`
+    ///   (listing the ranks that never joined), `.joinRefused`, `.protocolVersion`.
+    public init(loop: EventLoop, options: JoinOptions) throws {
+        precondition(loop.isLoopThread, "UVTransport must be created on its loop's thread")
+        self.loop = loop
+        self.options = options
+        self.rank = options.rank
+        self.worldSize = options.worldSize
+        if worldSize == 1 { return }
+        do {
+            try join()
+        } catch {
+            tearDown()
+            throw error
+        }
+        tickID = loop.addTick { [unowned self] in tick() }
+    }
+
+    private func join() throws {
+        let deadline = Deadline.after(seconds: options.joinTimeout)
+        if options.hostsStore {
+            store = try StoreServer(loop: loop, rank: rank, worldSize: worldSize, host: options.listenHost, port: options.masterPort)
+        }
+        let listener = try Listener(
+            loop: loop, rank: rank, host: options.listenHost, port: options.listenPort,
+            inUseHint: "choose another ring port with CONCORD_PORT, or 0 for any free port")
+        listener.onAccept = { [unowned self] link in
+            candidates[ObjectIdentifier(link)] = link
+            link.delegate = self
+            link.configure(timeout: options.peerTimeout)
+            link.startReading()
+        }
+        self.listener = listener
+
+        let client = try StoreClient(
+            loop: loop, rank: rank, worldSize: worldSize, host: options.masterHost, port: options.masterPort,
+            deadline: deadline, joinSeconds: options.joinTimeout)
+        defer { client.close() }
+        let host = options.advertisedHost ?? client.link.localAddress?.host ?? "127.0.0.1"
+        if rank == 0 {
+            session = String(UInt64.random(in: 1...UInt64.max), radix: 16)
+            try client.set("session", session, deadline: deadline)
+        }
+        try client.set("rank/\(rank)", SocketAddress.format(host: host, port: listener.port), deadline: deadline)
+        let keys = ["session"] + (0..<worldSize).map { "rank/\($0)" }
+        let values = try client.wait(for: keys, deadline: deadline) { [rank, options] missing in
+            if let problem = self.store?.problem { return problem }
+            let ranks = missing.compactMap { $0.hasPrefix("rank/") ? Int($0.dropFirst(5)) : nil }.sorted()
+            return .joinTimeout(rank: rank, missing: ranks.isEmpty ? [0] : ranks, seconds: options.joinTimeout)
+        }
+        session = values[0]
+
+        let rightRank = (rank + 1) % worldSize, leftRank = (rank + worldSize - 1) % worldSize
+        guard let (rightHost, rightPort) = SocketAddress.split(values[1 + rightRank]) else {
+            throw ConcordError.malformedFrame(rank: rank, peer: "the master", detail: "bad address '\(values[1 + rightRank])' for rank \(rightRank)")
+        }
+        let rightLink = try Connector.connect(
+            loop: loop, rank: rank, to: SocketAddress(host: rightHost, port: rightPort), deadline: deadline
+        ) { [rank, options] last in
+            .peerLost(rank: rank, peer: rightRank, reason: "could not connect to it at \(rightHost):\(rightPort) within \(options.joinTimeout) s: \(last)")
+        }
+        rightLink.peerRank = rightRank
+        rightLink.delegate = self
+        rightLink.configure(timeout: options.peerTimeout)
+        rightLink.startReading()
+        right = rightLink
+        rightLink.write(
+            FrameHeader(kind: .hello, sender: rank),
+            control: ControlText.encode([("rank", "\(rank)"), ("world", "\(worldSize)"), ("session", session)]))
+
+        loop.run(
+            until: { (self.welcomed && self.left != nil) || self.refusal != nil || self.joinProblem != nil || rightLink.failure != nil },
+            deadline: deadline)
+        if let problem = joinProblem { throw problem }
+        if let refusal { throw ConcordError.joinRefused(rank: rank, peer: "rank \(rightRank)", reason: refusal) }
+        if let failure = rightLink.failure { throw failure }
+        if !welcomed {
+            throw ConcordError.joinTimeout(rank: rank, missing: [rightRank], seconds: options.joinTimeout)
+        }
+        if left == nil {
+            throw ConcordError.joinTimeout(rank: rank, missing: [leftRank], seconds: options.joinTimeout)
+        }
+        listener.close()
+        self.listener = nil
+        for link in candidates.values where link !== left { link.close() }
+        candidates.removeAll()
+    }
+
+    // MARK: - Transport
+
+    private func link(sendingTo peer: Int) -> PeerLink {
+        guard let right, right.peerRank == peer else {
+            preconditionFailure("rank \(rank): UVTransport sends only to its right neighbour, not to rank \(peer)")
+        }
+        return right
+    }
+
+    private func link(receivingFrom peer: Int) -> PeerLink {
+        guard let left, left.peerRank == peer else {
+            preconditionFailure("rank \(rank): UVTransport receives only from its left neighbour, not from rank \(peer)")
+        }
+        return left
+    }
+
+    private func checkUsable() throws {
+        if let failure { throw failure }
+        if isClosed { throw ConcordError.shutDown(rank: rank) }
+    }
+
+    public func send(to peer: Int, tag: SegmentTag, from bytes: UnsafeRawBufferPointer) throws -> TransferID {
+        try checkUsable()
+        let link = link(sendingTo: peer)
+        if let departed = link.failure { fail(departed) }
+        let id = newTransfer()
+        link.write(FrameHeader(data: tag, sender: rank), payload: bytes, transfer: id)
+        return TransferID(id)
+    }
+
+    public func receive(
+        from peer: Int, tag: SegmentTag, into bytes: UnsafeMutableRawBufferPointer, reducer: Reducer?
+    ) throws -> TransferID {
+        try checkUsable()
+        let link = link(receivingFrom: peer)
+        if let departed = link.failure { fail(departed) }
+        let id = newTransfer()
+        link.post(PostedReceive(id: id, tag: tag, destination: bytes.baseAddress, reducer: reducer))
+        return TransferID(id)
+    }
+
+    private func newTransfer() -> Int {
+        nextID += 1
+        outstanding.append(nextID)
+        return nextID
+    }
+
+    public func wait(_ transfer: TransferID) throws {
+        try checkUsable()
+        // Bounded: the tick fails a silent link after the peer timeout, which ends this wait.
+        loop.run(until: { self.completed.contains(transfer.raw) || self.failure != nil }, deadline: .never)
+        if let failure {
+            quiesce()
+            throw failure
+        }
+        completed.remove(transfer.raw)
+        outstanding.removeAll { $0 == transfer.raw }
+    }
+
+    public func waitAll() throws {
+        while let id = outstanding.first { try wait(TransferID(id)) }
+    }
+
+    // MARK: - Failure
+
+    private func fail(_ error: ConcordError) {
+        guard failure == nil else { return }
+        failure = error
+        let origin: Int, reason: String
+        if case let .aborted(_, by, text) = error { (origin, reason) = (by, text) } else { (origin, reason) = (rank, error.description) }
+        let payload = ControlText.encode([("origin", "\(origin)"), ("reason", reason)])
+        for link in [left, right].compactMap({ $0 }) where link.failure == nil {
+            link.write(FrameHeader(kind: .abort, sender: rank), control: payload)
+        }
+    }
+
+    /// After a failure: lets queued frames (the aborts) drain for up to a second, then closes the links,
+    /// which cancels every write still pointing into a caller's buffer before the error reaches the caller.
+    private func quiesce() {
+        let links = [left, right].compactMap { $0 }
+        loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 || $0.failure != nil } }, deadline: .after(seconds: 1))
+        for link in links { link.close() }
+        loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 } }, deadline: .after(seconds: 1))
+        outstanding.removeAll()
+        completed.removeAll()
+    }
+
+    private func tick() {
+        let now = ContinuousClock.now
+        let heartbeat = Duration.seconds(min(1, options.peerTimeout / 4))
+        let silence = Duration.seconds(options.peerTimeout)
+        for link in [left, right].compactMap({ $0 }) where link.failure == nil && !link.isClosing {
+            if link.pendingWrites == 0 && now - link.lastWritten >= heartbeat {
+                link.write(FrameHeader(kind: .heartbeat, sender: rank))
+            }
+            if !link.isParked && now - link.lastHeard > silence {
+                link.fail(.peerLost(
+                    rank: rank, peer: link.peerRank ?? -1,
+                    reason: "nothing heard for \(options.peerTimeout) s: the process hangs or the network is partitioned"))
+            }
+        }
+    }
+
+    // MARK: - Shutdown
+
+    /// Says bye to both neighbours, lets queued frames drain (at most a second), and closes every handle.
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        let links = [left, right].compactMap { $0 }
+        for link in links where link.failure == nil { link.write(FrameHeader(kind: .bye, sender: rank)) }
+        loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 || $0.failure != nil } }, deadline: .after(seconds: 1))
+        tearDown()
+    }
+
+    private func tearDown() {
+        if let tickID { loop.removeTick(tickID) }
+        tickID = nil
+        let links = [left, right].compactMap { $0 } + Array(candidates.values)
+        for link in links { link.close() }
+        candidates.removeAll()
+        listener?.close()
+        listener = nil
+        store?.close()
+        store = nil
+        loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 } }, deadline: .after(seconds: 1))
+    }
+}
+
+extension UVTransport: PeerLinkDelegate {
+    func link(_ link: PeerLink, received header: FrameHeader, payload: [UInt8]) {
+        let fields = ControlText.decode(payload)
+        switch header.kind {
+        case .hello where link.peerRank == nil:
+            let leftRank = (rank + worldSize - 1) % worldSize
+            let reason: String?
+            if fields["session"] != session {
+                reason = "it belongs to another job (session \(fields["session"] ?? "none"), expected \(session))"
+            } else if fields["world"] != "\(worldSize)" {
+                reason = "it was started with world size \(fields["world"] ?? "?"), rank \(rank) with \(worldSize)"
+            } else if fields["rank"] != "\(leftRank)" || left != nil {
+                reason = "rank \(rank) accepts only rank \(leftRank) as its left neighbour, not rank \(fields["rank"] ?? "?")"
+            } else {
+                reason = nil
+            }
+            if let reason {
+                link.write(FrameHeader(kind: .refuse, sender: rank), control: Array(reason.utf8))
+                candidates[ObjectIdentifier(link)] = nil
+                link.close()
+                return
+            }
+            link.peerRank = leftRank
+            left = link
+            candidates[ObjectIdentifier(link)] = nil
+            link.write(FrameHeader(kind: .welcome, sender: rank))
+        case .welcome where link === right:
+            welcomed = true
+        case .refuse where link === right:
+            refusal = String(decoding: payload, as: UTF8.self)
+        case .abort:
+            let origin = fields["origin"].flatMap(Int.init) ?? link.peerRank ?? -1
+            fail(.aborted(rank: rank, reportedBy: origin, reason: fields["reason"] ?? "no reason given"))
+        case .bye:
+            link.peerSaidBye = true
+        default:
+            link.fail(.malformedFrame(rank: rank, peer: link.peerLabel, detail: "unexpected \(header.kind) frame on a ring connection"))
+        }
+    }
+
+    func linkFailed(_ link: PeerLink) {
+        guard let error = link.failure else { return }
+        if link !== left && link !== right {
+            // A stranger at the listener (another job, another version): refuse it, remember why.
+            if case .protocolVersion = error {
+                joinProblem = joinProblem ?? error
+                link.write(FrameHeader(kind: .refuse, sender: rank), force: true)
+            }
+            candidates[ObjectIdentifier(link)] = nil
+            link.close()
+            return
+        }
+        if link.peerSaidBye && !link.isAwaitingData && link.pendingWrites == 0 { return }
+        fail(error)
+    }
+
+    func transferCompleted(_ id: Int) {
+        completed.insert(id)
+    }
+}
+
+extension SocketAddress {
+    /// `host:port`, bracketing IPv6 hosts.
+    static func format(host: String, port: Int) -> String {
+        host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+}
