@@ -61,6 +61,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private var session = ""
     private var joinProblem: ConcordError?
     private var welcomed = false
+    private var earlyHellos: [(PeerLink, [UInt8])] = []
     private var refusal: String?
     private var tickID: Int?
     private var nextID = 0
@@ -125,6 +126,10 @@ public final class UVTransport: Transport, @unchecked Sendable {
             return .joinTimeout(rank: rank, missing: ranks.isEmpty ? [0] : ranks, seconds: options.joinTimeout)
         }
         session = values[0]
+        for (link, payload) in earlyHellos where !link.isClosing {
+            self.link(link, received: FrameHeader(kind: .hello, sender: nil), payload: payload)
+        }
+        earlyHellos.removeAll()
 
         let rightRank = (rank + 1) % worldSize, leftRank = (rank + worldSize - 1) % worldSize
         guard let (rightHost, rightPort) = SocketAddress.split(values[1 + rightRank]) else {
@@ -295,6 +300,9 @@ extension UVTransport: PeerLinkDelegate {
     func link(_ link: PeerLink, received header: FrameHeader, payload: [UInt8]) {
         let fields = ControlText.decode(payload)
         switch header.kind {
+        case .hello where link.peerRank == nil && session.isEmpty:
+            // Our own store reply (with the session) has not arrived yet: answer once it has.
+            earlyHellos.append((link, payload))
         case .hello where link.peerRank == nil:
             let leftRank = (rank + worldSize - 1) % worldSize
             let reason: String?
