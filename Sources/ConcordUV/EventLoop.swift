@@ -37,6 +37,8 @@ public final class EventLoop: @unchecked Sendable {
     ///   - name: the thread's name (shows in `top -H` and debuggers).
     ///   - tickMilliseconds: period of the housekeeping tick (heartbeats, liveness checks).
     public init(name: String, tickMilliseconds: UInt64 = 250) throws {
+        // A write to a peer that died must fail with EPIPE (reported as a lost rank), not kill the process.
+        signal(SIGPIPE, SIG_IGN)
         loop = .allocate(capacity: 1)
         async = .allocate(capacity: 1)
         wakeTimer = .allocate(capacity: 1)

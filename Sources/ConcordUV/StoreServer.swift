@@ -141,6 +141,9 @@ final class StoreClient: Store {
     let masterAddress: String
     let link: PeerLink
     private var replies: [(FrameHeader, [UInt8])] = []
+    /// Checked while waiting for a reply: a problem found elsewhere (by the store this rank hosts) ends
+    /// the wait at once instead of at the deadline.
+    var problem: () -> ConcordError? = { nil }
 
     /// Connects to the master at `address`, retrying until `deadline`, and says hello.
     /// - Throws: `.masterUnreachable`, `.joinRefused`, `.protocolVersion`.
@@ -171,7 +174,8 @@ final class StoreClient: Store {
     private func awaitReply(deadline: Deadline, joinSeconds: Double) throws -> (FrameHeader, [UInt8]) {
         // The server answers waits itself when they time out; allow it a few seconds more before giving up on it.
         let own = Deadline.after(seconds: deadline.remainingSeconds + 5)
-        loop.run(until: { !self.replies.isEmpty || self.link.failure != nil }, deadline: own)
+        loop.run(until: { !self.replies.isEmpty || self.link.failure != nil || self.problem() != nil }, deadline: own)
+        if let problem = problem() { throw problem }
         if !replies.isEmpty { return replies.removeFirst() }
         if let failure = link.failure {
             if case .protocolVersion = failure { throw failure }

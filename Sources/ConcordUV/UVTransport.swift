@@ -113,6 +113,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
             loop: loop, rank: rank, worldSize: worldSize, host: options.masterHost, port: options.masterPort,
             deadline: deadline, joinSeconds: options.joinTimeout)
         defer { client.close() }
+        client.problem = { [unowned self] in store?.problem ?? joinProblem }
         let host = options.advertisedHost ?? client.link.localAddress?.host ?? "127.0.0.1"
         if rank == 0 {
             session = String(UInt64.random(in: 1...UInt64.max), radix: 16)
@@ -121,7 +122,6 @@ public final class UVTransport: Transport, @unchecked Sendable {
         try client.set("rank/\(rank)", SocketAddress.format(host: host, port: listener.port), deadline: deadline)
         let keys = ["session"] + (0..<worldSize).map { "rank/\($0)" }
         let values = try client.wait(for: keys, deadline: deadline) { [rank, options] missing in
-            if let problem = self.store?.problem { return problem }
             let ranks = missing.compactMap { $0.hasPrefix("rank/") ? Int($0.dropFirst(5)) : nil }.sorted()
             return .joinTimeout(rank: rank, missing: ranks.isEmpty ? [0] : ranks, seconds: options.joinTimeout)
         }

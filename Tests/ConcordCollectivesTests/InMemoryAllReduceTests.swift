@@ -1,0 +1,101 @@
+import ConcordCollectives
+import ConcordCore
+import ConcordKernels
+import ConcordTestSupport
+import Testing
+
+@Suite("Ring all-reduce on the in-memory transport")
+struct InMemoryAllReduceTests {
+    /// Runs an all-reduce of `counts[rank]` elements on every rank; returns each rank's result or error.
+    static func allReduce(ranks n: Int, counts: [Int], segmentBytes: Int, sequence: UInt64 = 1) -> [Result<[Float], any Error>] {
+        let world = InMemoryWorld(worldSize: n, timeout: 20)
+        return withRanks(n, seconds: 60) { rank in
+            var data = (0..<counts[rank]).map { distinctValue(rank: rank, index: $0) }
+            try data.withUnsafeMutableBytes { bytes in
+                try RingCollectives.allReduce(
+                    bytes, count: counts[rank], dataType: .float32, op: .sum, sequence: sequence,
+                    transport: world.transport(rank: rank), segmentBytes: segmentBytes)
+            }
+            return data
+        }
+    }
+
+    static func check(_ results: [Result<[Float], any Error>], ranks n: Int, count: Int) {
+        for (rank, result) in results.enumerated() {
+            switch result {
+            case let .success(data):
+                #expect(data.count == count)
+                let wrong = (0..<count).filter { data[$0] != distinctSum(worldSize: n, index: $0) }
+                #expect(wrong.isEmpty, "ranks \(n) count \(count): rank \(rank) has \(wrong.count) wrong values, first at \(wrong.first ?? -1)")
+            case let .failure(error):
+                Issue.record("ranks \(n) count \(count): rank \(rank) failed: \(error)")
+            }
+        }
+    }
+
+    @Test("every rank gets the exact sum", arguments: 1...8)
+    func exactSums(ranks n: Int) {
+        for count in Set([0, 1, max(0, n - 1), n, n + 1, 1_000_003]).sorted() {
+            let results = Self.allReduce(ranks: n, counts: Array(repeating: count, count: n), segmentBytes: 1 << 20)
+            Self.check(results, ranks: n, count: count)
+        }
+    }
+
+    @Test("many small segments per chunk", arguments: [2, 3, 5])
+    func smallSegments(ranks n: Int) {
+        for (count, segment) in [(37, 4), (1000, 12), (4099, 64)] {
+            let results = Self.allReduce(ranks: n, counts: Array(repeating: count, count: n), segmentBytes: segment)
+            Self.check(results, ranks: n, count: count)
+        }
+    }
+
+    @Test("a rank with another element count fails with both ranks and both counts named")
+    func countMismatch() {
+        let results = Self.allReduce(ranks: 3, counts: [100, 100, 99], segmentBytes: 1 << 20)
+        let errors = results.compactMap { result -> ConcordError? in
+            if case let .failure(error) = result { return error as? ConcordError }
+            return nil
+        }
+        #expect(errors.count == 3, "every rank must fail, got \(results)")
+        let mismatches = errors.filter {
+            if case .mismatch(_, _, "element count", _, _) = $0 { return true }
+            return false
+        }
+        #expect(!mismatches.isEmpty)
+        for error in mismatches {
+            let text = error.description
+            #expect(text.contains("rank 2") && text.contains("99 elements") && text.contains("100 elements"), "\(text)")
+        }
+    }
+
+    @Test("barrier completes on every rank", arguments: 1...6)
+    func barrier(ranks n: Int) {
+        let world = InMemoryWorld(worldSize: n, timeout: 20)
+        let results = withRanks(n, seconds: 30) { rank in
+            try RingCollectives.barrier(sequence: 7, transport: world.transport(rank: rank))
+            return rank
+        }
+        #expect(results.compactMap { try? $0.get() } == Array(0..<n))
+    }
+}
+
+@Suite("Reduce kernels")
+struct ReduceKernelTests {
+    @Test("float32 sum matches the scalar reference at every length and offset")
+    func floatSum() {
+        for length in [0, 1, 15, 16, 17, 31, 33, 1000] {
+            for offset in [0, 1, 3] {
+                var destination = (0..<(length + offset)).map { Float($0) * 0.5 }
+                let source = (0..<(length + offset)).map { Float($0 % 7) - 3 }
+                let expected = (0..<length).map { destination[$0 + offset] + source[$0 + offset] }
+                destination.withUnsafeMutableBufferPointer { d in
+                    source.withUnsafeBufferPointer { s in
+                        ReduceKernels.reducer(op: .sum, dataType: .float32).combine(
+                            UnsafeMutableRawPointer(d.baseAddress! + offset), UnsafeRawPointer(s.baseAddress! + offset), length)
+                    }
+                }
+                #expect(Array(destination[offset...]) == expected, "length \(length) offset \(offset)")
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+import ConcordTestSupport
+import Foundation
+import Testing
+
+/// Real processes: the built `concord` launcher and `concord-bench`.
+@Suite("Multi-process runs", .serialized)
+struct ProcessTests {
+    static func executable(_ name: String) throws -> String {
+        try #require(builtExecutable(name), "\(name) is not built (run swift build first)")
+    }
+
+    @Test("concord run -n 4 -- concord-bench allreduce -b 4 -e 4M -f 4 -c 1 finds no wrong value")
+    func benchUnderLauncher() throws {
+        let child = try ChildProcess(
+            try Self.executable("concord"),
+            ["run", "-n", "4", "--", try Self.executable("concord-bench"), "allreduce", "-b", "4", "-e", "4M", "-f", "4", "-n", "2", "-w", "1", "-c", "1"])
+        defer { child.kill() }
+        #expect(child.wait(seconds: 240), "the run did not finish in 240 s")
+        let out = child.stdout
+        #expect(child.exitStatus == 0, "stderr: \(child.stderr)")
+        #expect(out.contains("# Out of bounds values : 0 OK"), "\(out)")
+        #expect(out.contains("# Avg bus bandwidth"))
+        let rows = out.split(separator: "\n").filter { $0.hasPrefix("[rank 0]") && !$0.contains("#") }
+        #expect(rows.count == 11, "sizes 4 B ... 4 MiB by 4: \(rows)")
+        for row in rows {
+            let columns = row.split(separator: " ")
+            #expect(columns.last == "0", "a row with wrong values: \(row)")
+        }
+    }
+
+    @Test("when one of 3 ranks is killed mid-run, the others exit non-zero naming it, within seconds")
+    func killedRank() throws {
+        let bench = try Self.executable("concord-bench")
+        let port = freeTCPPort()
+        let ranks = try (0..<3).map { rank in
+            try ChildProcess(
+                bench, ["allreduce", "-b", "1M", "-e", "1M", "-n", "100000", "-w", "0", "-c", "0"],
+                environment: ["CONCORD_RANK": "\(rank)", "CONCORD_WORLD_SIZE": "3", "CONCORD_MASTER_PORT": "\(port)", "CONCORD_PEER_TIMEOUT": "10"])
+        }
+        defer { ranks.forEach { $0.kill() } }
+        // Let the ring form and the collectives run, then kill rank 1 without warning.
+        Thread.sleep(forTimeInterval: 3)
+        #expect(ranks.allSatisfy { $0.process.isRunning }, "a rank ended early: \(ranks.map(\.stderr))")
+        ranks[1].kill()
+        let start = Date()
+        for rank in [0, 2] {
+            #expect(ranks[rank].wait(seconds: 15), "rank \(rank) still runs 15 s after rank 1 died")
+        }
+        #expect(Date().timeIntervalSince(start) < 12)
+        for rank in [0, 2] {
+            let status = ranks[rank].exitStatus
+            #expect(status != nil && status != 0, "rank \(rank) status \(String(describing: status)), signal \(String(describing: ranks[rank].terminatingSignal))")
+            let err = ranks[rank].stderr
+            #expect(err.contains("rank \(rank)") && err.contains("rank 1"), "rank \(rank) said: \(err)")
+        }
+    }
+}

@@ -1,0 +1,220 @@
+import Concord
+import ConcordTestSupport
+import Foundation
+import Testing
+
+/// Ranks as threads of this process, each with its own Communicator over loopback TCP.
+@Suite("Communicator over libuv TCP", .serialized)
+struct CommunicatorTests {
+    static func configuration(rank: Int, worldSize: Int, port: Int, joinTimeout: Double = 20) -> Configuration {
+        Configuration(rank: rank, worldSize: worldSize, masterPort: port, joinTimeout: joinTimeout, peerTimeout: 5)
+    }
+
+    static func failure(_ result: Result<some Any, any Error>) -> ConcordError? {
+        if case let .failure(error) = result { return error as? ConcordError }
+        return nil
+    }
+
+    @Test("all-reduce gives every rank the exact sum and closes without leaking a handle", arguments: [2, 3, 4])
+    func allReduce(ranks n: Int) throws {
+        let port = freeTCPPort()
+        let results = withRanks(n, seconds: 60) { rank -> Int in
+            let comm = try Communicator(blockingConfiguration: Self.configuration(rank: rank, worldSize: n, port: port))
+            #expect(comm.rank == rank && comm.worldSize == n)
+            comm.segmentBytes = 4096
+            var wrong = 0
+            for count in [0, 1, n - 1, n + 1, 100_003] {
+                var data = (0..<count).map { distinctValue(rank: rank, index: $0) }
+                try comm.allReduceBlocking(&data)
+                wrong += (0..<count).filter { data[$0] != distinctSum(worldSize: n, index: $0) }.count
+            }
+            try comm.barrierBlocking()
+            comm.shutdownBlocking()
+            #expect(comm.closedCleanly, "rank \(rank) leaked \(comm.leakedHandles)")
+            return wrong
+        }
+        for (rank, result) in results.enumerated() {
+            #expect((try? result.get()) == 0, "rank \(rank): \(result)")
+        }
+    }
+
+    @Test("the async API reduces arrays and raw buffers")
+    func asyncAPI() async throws {
+        let port = freeTCPPort()
+        try await withThrowingTaskGroup(of: [Float].self) { group in
+            for rank in 0..<2 {
+                group.addTask {
+                    let comm = try await Communicator(configuration: Self.configuration(rank: rank, worldSize: 2, port: port))
+                    var data = (0..<1001).map { distinctValue(rank: rank, index: $0) }
+                    try await comm.allReduce(&data, op: .sum)
+                    nonisolated(unsafe) let raw = UnsafeMutableBufferPointer<Float>.allocate(capacity: 17)
+                    defer { raw.deallocate() }
+                    raw.initialize(repeating: Float(rank + 1))
+                    try await comm.allReduce(raw)
+                    #expect(Array(raw) == [Float](repeating: 3, count: 17))
+                    try await comm.barrier()
+                    await comm.shutdown()
+                    return data
+                }
+            }
+            for try await data in group {
+                #expect(data == (0..<1001).map { distinctSum(worldSize: 2, index: $0) })
+            }
+        }
+    }
+
+    @Test("ranks with different element counts both fail naming both ranks and counts; the error sticks")
+    func countMismatch() {
+        let port = freeTCPPort()
+        let results = withRanks(2, seconds: 60) { rank -> String in
+            let comm = try Communicator(blockingConfiguration: Self.configuration(rank: rank, worldSize: 2, port: port))
+            defer { comm.shutdownBlocking() }
+            var data = [Float](repeating: 1, count: rank == 0 ? 1000 : 999)
+            do {
+                try comm.allReduceBlocking(&data)
+                return "no error"
+            } catch {
+                var again = [Float](repeating: 1, count: 4)
+                #expect(throws: ConcordError.self) { try comm.allReduceBlocking(&again) }
+                return "\(error)"
+            }
+        }
+        for (rank, result) in results.enumerated() {
+            let text = (try? result.get()) ?? "\(result)"
+            #expect(text.contains("rank \(rank)"), "\(text)")
+            #expect(text.contains("rank \(1 - rank)"), "\(text)")
+            #expect(text.contains("1000") && text.contains("999"), "\(text)")
+        }
+    }
+
+    @Test("a collective after shutdown throws shutDown")
+    func afterShutdown() throws {
+        let port = freeTCPPort()
+        let comm = try Communicator(blockingConfiguration: Self.configuration(rank: 0, worldSize: 1, port: port))
+        var data: [Float] = [1, 2]
+        try comm.allReduceBlocking(&data)
+        #expect(data == [1, 2])
+        comm.shutdownBlocking()
+        #expect(throws: ConcordError.shutDown(rank: 0)) { try comm.allReduceBlocking(&data) }
+    }
+
+    @Test("a master port in use is a one-line error that says what to do")
+    func portInUse() {
+        let (holder, port) = RawSocket.listen()
+        defer { holder.close() }
+        do {
+            _ = try Communicator(blockingConfiguration: Self.configuration(rank: 0, worldSize: 2, port: port, joinTimeout: 5))
+            Issue.record("joined on a taken port")
+        } catch {
+            let text = "\(error)"
+            #expect(text.contains("rank 0") && text.contains("in use") && text.contains("CONCORD_MASTER_PORT"), "\(text)")
+            #expect(!text.contains("\n"))
+        }
+    }
+
+    @Test("an unreachable master fails at the join deadline with advice")
+    func unreachableMaster() {
+        let port = freeTCPPort()
+        let start = Date()
+        do {
+            _ = try Communicator(blockingConfiguration: Self.configuration(rank: 1, worldSize: 2, port: port, joinTimeout: 1))
+            Issue.record("joined without a master")
+        } catch {
+            let text = "\(error)"
+            #expect(text.contains("rank 1") && text.contains("cannot reach the master") && text.contains("127.0.0.1:\(port)"), "\(text)")
+        }
+        #expect(Date().timeIntervalSince(start) < 10)
+    }
+
+    @Test("a rank that never joins is named by every rank that waited for it")
+    func joinTimeout() {
+        let port = freeTCPPort()
+        let results = withRanks(2, seconds: 30) { rank -> String in
+            do {
+                _ = try Communicator(blockingConfiguration: Self.configuration(rank: rank, worldSize: 3, port: port, joinTimeout: 2))
+                return "joined"
+            } catch {
+                return "\(error)"
+            }
+        }
+        for (rank, result) in results.enumerated() {
+            let text = (try? result.get()) ?? ""
+            #expect(text.contains("rank \(rank): join timed out") && text.contains("[2]"), "\(text)")
+        }
+    }
+
+    @Test("a master that speaks another protocol version is named as such")
+    func masterWithAnotherVersion() throws {
+        let (server, port) = RawSocket.listen()
+        defer { server.close() }
+        let fake = Thread {
+            guard let peer = server.accept() else { return }
+            _ = peer.read(48)
+            var reply = [UInt8](repeating: 0, count: 48)
+            reply.replaceSubrange(0..<4, with: Array("CNCD".utf8))
+            reply[4] = 99
+            reply[6] = 2
+            peer.write(reply)
+            Thread.sleep(forTimeInterval: 1)
+            peer.close()
+        }
+        fake.start()
+        do {
+            _ = try Communicator(blockingConfiguration: Self.configuration(rank: 1, worldSize: 2, port: port, joinTimeout: 5))
+            Issue.record("joined a master of another version")
+        } catch {
+            #expect("\(error)".contains("protocol v99") && "\(error)".contains("v1"), "\(error)")
+        }
+    }
+
+    @Test("rank 0 refuses a client of another version at once and says so; both sides learn it")
+    func clientWithAnotherVersion() {
+        let port = freeTCPPort()
+        let results = withRanks(2, seconds: 30) { rank -> String in
+            if rank == 0 {
+                do {
+                    _ = try Communicator(blockingConfiguration: Self.configuration(rank: 0, worldSize: 2, port: port, joinTimeout: 20))
+                    return "joined"
+                } catch {
+                    return "\(error)"
+                }
+            }
+            guard let socket = RawSocket.connect(port: port) else { return "no connection" }
+            defer { socket.close() }
+            var hello = [UInt8](repeating: 0, count: 48)
+            hello.replaceSubrange(0..<4, with: Array("CNCD".utf8))
+            hello[4] = 7
+            hello[6] = 1
+            socket.write(hello)
+            let reply = socket.read(48)
+            return reply.count == 48 && reply[4] == 1 ? "refused in v1" : "reply \(reply)"
+        }
+        let start = Date()
+        #expect((try? results[1].get()) == "refused in v1")
+        let text = (try? results[0].get()) ?? ""
+        #expect(text.contains("rank 0") && text.contains("protocol v7"), "\(text)")
+        #expect(Date().timeIntervalSince(start) < 15)
+    }
+
+    @Test("garbage sent to the master is dropped and the job still forms")
+    func garbageAtTheMaster() {
+        let port = freeTCPPort()
+        let results = withRanks(3, seconds: 60) { rank -> Bool in
+            if rank == 2 {
+                guard let socket = RawSocket.connect(port: port) else { return false }
+                socket.write(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8) + [UInt8](repeating: 0, count: 64))
+                let reply = socket.read(1)
+                socket.close()
+                return reply.isEmpty  // the master hung up on it
+            }
+            let comm = try Communicator(blockingConfiguration: Self.configuration(rank: rank, worldSize: 2, port: port))
+            var data: [Float] = [Float(rank), 1]
+            try comm.allReduceBlocking(&data)
+            comm.shutdownBlocking()
+            return data == [1, 2]
+        }
+        for (rank, result) in results.enumerated() {
+            #expect((try? result.get()) == true, "rank \(rank): \(result)")
+        }
+    }
+}
