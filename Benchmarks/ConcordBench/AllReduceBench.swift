@@ -19,18 +19,22 @@ struct AllReduceBench: ParsableCommand {
     @Option(name: .long, help: "Largest frame payload in bytes (a tuning knob; default 1M).", transform: ByteSize.parse)
     var segment: Int?
 
+    @Option(name: .long, help: "Bytes a reducing receive reads before combining (a tuning knob; default 64K).", transform: ByteSize.parse)
+    var readChunk: Int?
+
     @Flag(name: .long, help: "Also measure the raw TCP ring (the physical limit) for each size, interleaved.")
     var rawRing = false
 
     func run() throws {
         let comm = joinOrExit()
         if let segment { comm.segmentBytes = segment }
+        if let readChunk { comm.reduceChunkBytes = readChunk }
         let n = comm.worldSize
         let raw = rawRing && n > 1 ? (try? RawRing(comm: comm)) ?? nil : nil
         if rawRing && n > 1 && raw == nil { fail("could not set up the raw TCP ring") }
         let table = Table(withRaw: raw != nil)
         if comm.rank == 0 {
-            emit("# concord-bench allreduce: \(n) ranks, float32 sum, in place, \(sweep.iterations) iterations after \(sweep.warmup) warm-up, segment \(ByteSize.format(comm.segmentBytes))")
+            emit("# concord-bench allreduce: \(n) ranks, float32 sum, in place, \(sweep.iterations) iterations after \(sweep.warmup) warm-up, segment \(ByteSize.format(comm.segmentBytes)), read chunk \(ByteSize.format(comm.reduceChunkBytes))")
             emit("#")
             emit(table.header)
         }

@@ -45,6 +45,12 @@ public final class Communicator: @unchecked Sendable {
     }
     private var _segmentBytes = RingCollectives.defaultSegmentBytes
 
+    /// Bytes a reducing receive reads at a time before combining them (a tuning knob; see docs/algorithms.md).
+    package var reduceChunkBytes: Int {
+        get { (try? loop.call { [transport] in transport.reduceChunkBytes }) ?? 0 }
+        set { try? loop.call { [transport] in transport.reduceChunkBytes = newValue } }
+    }
+
     /// Joins the group described by the environment (see `Configuration(environment:)`).
     /// - Throws: `ConcordError` when the environment is malformed or the join fails (the message names
     ///   this rank and what to do).

@@ -38,8 +38,16 @@ struct PostedReceive {
 }
 
 final class PeerLink {
-    /// Bytes of the reduce scratch: small enough to stay in L2 between the kernel's copy and the combine.
-    package static let reduceChunkBytes = 64 * 1024
+    /// Default bytes of the reduce scratch: small enough to stay in L2 between the kernel's copy and the
+    /// combine (see docs/algorithms.md for the measurement).
+    static let defaultReduceChunkBytes = 64 * 1024
+    /// Bytes of the reduce scratch of this link; change it only while no receive is in progress.
+    var reduceChunkBytes = PeerLink.defaultReduceChunkBytes {
+        didSet {
+            scratch?.deallocate()
+            scratch = nil
+        }
+    }
 
     let loop: EventLoop
     let tcp: UnsafeMutablePointer<uv_tcp_t>
@@ -173,9 +181,9 @@ final class PeerLink {
             let remaining = Int(header.payloadLength) - got
             if receive.reducer != nil {
                 if scratch == nil {
-                    scratch = .allocate(byteCount: Self.reduceChunkBytes, alignment: 64)
+                    scratch = .allocate(byteCount: reduceChunkBytes, alignment: 64)
                 }
-                let room = min(Self.reduceChunkBytes - leftover, remaining)
+                let room = min(reduceChunkBytes - leftover, remaining)
                 buf.pointee = uv_buf_init((scratch! + leftover).assumingMemoryBound(to: CChar.self), UInt32(room))
             } else {
                 let room = min(remaining, 1 << 30)

@@ -167,6 +167,12 @@ public final class UVTransport: Transport, @unchecked Sendable {
         candidates.removeAll()
     }
 
+    /// Bytes a reducing receive reads at a time before combining them (a tuning knob).
+    public var reduceChunkBytes: Int {
+        get { left?.reduceChunkBytes ?? 0 }
+        set { left?.reduceChunkBytes = max(64, newValue) }
+    }
+
     // MARK: - Transport
 
     private func link(sendingTo peer: Int) -> PeerLink {
