@@ -1,11 +1,12 @@
 // Ring all-reduce over any `Transport` (see RingSchedule.swift for the vocabulary and the diagram).
 //
-// Pipelining: every rank first posts the sends of step 0 (its own chunk, all segments) and keeps
-// `receiveWindow` receives posted ahead. Receives of the reduce-scatter phase are combined into the
+// Pipelining: units travel in the schedule's wire order (waves along the anti-diagonals of step and
+// segment); a send is posted as soon as the receive it depends on is complete, and `receiveWindow`
+// receives stay posted ahead. Receives of the reduce-scatter phase are combined into the
 // caller's buffer by the transport as the bytes arrive (in small pieces that stay in cache), and those
 // of the all-gather phase land straight in the caller's buffer; no copy of the tensor is ever made.
-// As soon as unit u is received, the send of unit u+k (the same segment one step further) is posted,
-// so the reduction of one segment overlaps the transfer of the next ones on both links.
+// As soon as unit u is received, the send of unit u+k (the same segment one step further) can go,
+// while the segment is still in cache, and the reduction of one segment overlaps the transfer of others.
 //
 // Cost per rank: 2(n-1) chunk sends and receives = 2·S·(n-1)/n bytes each way, (n-1)·S/n element
 // combines, 2(n-1)·k frames. A world of one rank returns at once; a zero-element collective still sends
@@ -17,6 +18,8 @@ import ConcordKernels
 public enum RingCollectives {
     /// Default largest segment: 1 MiB, chosen by `concord-bench allreduce --segment` (see docs/algorithms.md).
     public static let defaultSegmentBytes = 1 << 20
+    /// Smallest segment worth cutting a chunk into for pipelining (see `RingSchedule.pipelineDepth`).
+    package static let pipelineSegmentBytes = 64 << 10
     /// Receives kept posted ahead of the one being waited on.
     package static let receiveWindow = 2
 
@@ -55,7 +58,8 @@ public enum RingCollectives {
         if n == 1 { return }
         let size = dataType.size
         let plan = RingSchedule(
-            worldSize: n, rank: transport.rank, count: count, segmentElements: max(1, segmentBytes / size))
+            worldSize: n, rank: transport.rank, count: count, segmentElements: max(1, segmentBytes / size),
+            pipelineElements: pipelineSegmentBytes / size)
         let reducer = ReduceKernels.reducer(op: op, dataType: dataType)
         let k = plan.segmentsPerChunk
         let total = phases * plan.unitsPerPhase
@@ -74,24 +78,36 @@ public enum RingCollectives {
             _ = try transport.send(to: plan.right, tag: tag(range), from: UnsafeRawBufferPointer(bytes(range)))
         }
 
+        let order = plan.wireOrder(phases: phases)
+        var received = [Bool](repeating: false, count: total)
         var receives = [TransferID]()
         receives.reserveCapacity(total)
         func postReceives(through limit: Int) throws {
             while receives.count < min(limit, total) {
-                let unit = plan.unit(receives.count)
+                let unit = plan.unit(order[receives.count])
                 receives.append(
                     try transport.receive(
                         from: plan.left, tag: tag(unit.receive), into: bytes(unit.receive),
                         reducer: unit.phase == .reduceScatter ? reducer : nil))
             }
         }
+        var sent = 0
+        func postReadySends() throws {
+            while sent < total {
+                let u = order[sent]
+                if u >= k && !received[u - k] { return }
+                try postSend(u)
+                sent += 1
+            }
+        }
 
-        for u in 0..<min(k, total) { try postSend(u) }
         try postReceives(through: receiveWindow)
-        for u in 0..<total {
-            try transport.wait(receives[u])
-            try postReceives(through: u + 1 + receiveWindow)
-            if u + k < total { try postSend(u + k) }
+        try postReadySends()
+        for p in 0..<total {
+            try transport.wait(receives[p])
+            received[order[p]] = true
+            try postReceives(through: p + 1 + receiveWindow)
+            try postReadySends()
         }
         try transport.waitAll()
     }

@@ -19,8 +19,8 @@
 // All-gather, steps s = 0..<n-1: rank r sends chunk r+1-s and receives chunk r-s, which it stores.
 //
 // The chunk a rank sends at unit u+k is the one it received at unit u (in both phases and across the
-// boundary between them), so a collective is: post the sends of step 0, then for each received unit u,
-// post the send of unit u+k. Each rank sends 2(n-1) chunks, i.e. 2·S·(n-1)/n bytes for a buffer of S
+// boundary between them): a send waits only for one receive. Units go on the wire in waves along the
+// anti-diagonals of (step, segment) (`wireOrder`), so a segment is forwarded right after it arrives. Each rank sends 2(n-1) chunks, i.e. 2·S·(n-1)/n bytes for a buffer of S
 // bytes, which is optimal for a ring; busbw = algbw · 2(n-1)/n measures exactly that per link.
 
 /// One of the two phases of a ring all-reduce.
@@ -41,15 +41,23 @@ public struct RingSchedule: Sendable, Equatable {
 
     /// - Parameters:
     ///   - segmentElements: the largest number of elements one segment may carry (at least 1).
-    public init(worldSize: Int, rank: Int, count: Int, segmentElements: Int) {
+    ///   - pipelineElements: chunks of at least `pipelineDepth` times this many elements are cut into at
+    ///     least `pipelineDepth` segments, so mid-sized buffers pipeline too (0: only `segmentElements`
+    ///     decides).
+    public init(worldSize: Int, rank: Int, count: Int, segmentElements: Int, pipelineElements: Int = 0) {
         precondition(worldSize >= 1 && (0..<worldSize).contains(rank), "rank \(rank) out of 0..<\(worldSize)")
-        precondition(count >= 0 && segmentElements >= 1)
+        precondition(count >= 0 && segmentElements >= 1 && pipelineElements >= 0)
         self.worldSize = worldSize
         self.rank = rank
         self.count = count
         let largestChunk = (count + worldSize - 1) / worldSize
-        self.segmentsPerChunk = max(1, (largestChunk + segmentElements - 1) / segmentElements)
+        let bySize = (largestChunk + segmentElements - 1) / segmentElements
+        let forPipeline = pipelineElements > 0 ? min(Self.pipelineDepth, largestChunk / pipelineElements) : 0
+        self.segmentsPerChunk = max(1, bySize, forPipeline)
     }
+
+    /// Segments per chunk that a large enough chunk is cut into at least.
+    public static let pipelineDepth = 4
 
     public var left: Int { (rank + worldSize - 1) % worldSize }
     public var right: Int { (rank + 1) % worldSize }
@@ -110,6 +118,27 @@ public struct RingSchedule: Sendable, Equatable {
             phase: phase, step: step, segment: j,
             send: segment(j, ofChunk: sendChunk(phase, step: step)),
             receive: segment(j, ofChunk: receiveChunk(phase, step: step)))
+    }
+
+    /// The order in which units travel on the wire over `phases` phases: by anti-diagonals of
+    /// (step, segment), i.e. unit (g, j) goes out in wave t = g + j, lower steps first within a wave.
+    ///
+    /// A unit of step g depends only on the unit (g-1, j) received from the left, which the left sent one
+    /// wave earlier, so the ring advances wave by wave; and a segment is sent on right after it was
+    /// received and combined, while it is still in cache (in step order it would wait behind all k
+    /// segments of the step). Sender and receiver compute the same order, so the i-th frame a rank
+    /// sends is the i-th its right neighbour receives.
+    public func wireOrder(phases: Int) -> [Int] {
+        let k = segmentsPerChunk, steps = phases * stepsPerPhase
+        var order = [Int]()
+        order.reserveCapacity(steps * k)
+        guard steps > 0 else { return order }
+        for wave in 0..<(k + steps - 1) {
+            for step in max(0, wave - k + 1)...min(wave, steps - 1) {
+                order.append(step * k + wave - step)
+            }
+        }
+        return order
     }
 
     @inlinable

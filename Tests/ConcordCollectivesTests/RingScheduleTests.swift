@@ -48,7 +48,9 @@ struct RingScheduleTests {
             for r in 0..<n {
                 #expect(plans[r].left == (r + n - 1) % n && plans[r].right == (r + 1) % n)
                 var sentChunks = [Int]()
-                for u in 0..<units {
+                let order = plans[r].wireOrder(phases: 2)
+                #expect(order == plans[(r + 1) % n].wireOrder(phases: 2))
+                for u in order {
                     let mine = plans[r].unit(u), theirs = plans[(r + 1) % n].unit(u)
                     #expect(mine.send == theirs.receive, "n=\(n) count=\(count) rank \(r) unit \(u)")
                     if mine.segment == 0 { sentChunks.append(plans[r].sendChunk(mine.phase, step: mine.step)) }
@@ -56,6 +58,36 @@ struct RingScheduleTests {
                 #expect(sentChunks.count == 2 * (n - 1))
             }
         }
+    }
+
+    @Test("the wire order is a permutation in which every send's dependency was received one wave earlier", arguments: 1...16)
+    func wireOrder(worldSize n: Int) {
+        for count in Self.counts + [100_000] {
+            for phases in [1, 2] {
+                let plan = RingSchedule(worldSize: n, rank: 0, count: count, segmentElements: 7, pipelineElements: 3)
+                let k = plan.segmentsPerChunk
+                let order = plan.wireOrder(phases: phases)
+                #expect(order.sorted() == Array(0..<(phases * plan.unitsPerPhase)))
+                var position = [Int: Int]()
+                for (p, u) in order.enumerated() { position[u] = p }
+                for (p, u) in order.enumerated() where u >= k {
+                    // unit u is sent after receiving u - k; that receive comes earlier in the same order
+                    #expect(position[u - k]! < p, "n=\(n) count=\(count) unit \(u)")
+                    let wave = { (v: Int) in v / k + v % k }
+                    #expect(wave(u) == wave(u - k) + 1)
+                }
+            }
+        }
+    }
+
+    @Test("large chunks are cut into at least pipelineDepth segments, never below the pipeline size")
+    func pipelineSegments() {
+        let deep = RingSchedule(worldSize: 2, rank: 0, count: 1 << 20, segmentElements: 1 << 30, pipelineElements: 1024)
+        #expect(deep.segmentsPerChunk == RingSchedule.pipelineDepth)
+        let small = RingSchedule(worldSize: 2, rank: 0, count: 3000, segmentElements: 1 << 30, pipelineElements: 1024)
+        #expect(small.segmentsPerChunk == 1)
+        let bySize = RingSchedule(worldSize: 2, rank: 0, count: 1 << 20, segmentElements: 1000, pipelineElements: 1024)
+        #expect(bySize.segmentsPerChunk == (1 << 19 + 999) / 1000)
     }
 
     @Test("reduce-scatter leaves chunk r+1 complete on rank r; all-gather delivers every other chunk once", arguments: 1...16)
