@@ -28,30 +28,40 @@ struct ProcessTests {
         }
     }
 
-    @Test("when one of 3 ranks is killed mid-run, the others exit non-zero naming it, within seconds")
-    func killedRank() throws {
+    /// Starts 3 bench ranks in a long all-reduce loop, lets the ring run, does `harm` to rank 1, and
+    /// checks that ranks 0 and 2 exit non-zero within `seconds`, naming themselves and rank 1.
+    func survivorsName(_ harm: (ChildProcess) -> Void, within seconds: Double, peerTimeout: Int) throws {
         let bench = try Self.executable("concord-bench")
         let port = freeTCPPort()
         let ranks = try (0..<3).map { rank in
             try ChildProcess(
                 bench, ["allreduce", "-b", "1M", "-e", "1M", "-n", "100000", "-w", "0", "-c", "0"],
-                environment: ["CONCORD_RANK": "\(rank)", "CONCORD_WORLD_SIZE": "3", "CONCORD_MASTER_PORT": "\(port)", "CONCORD_PEER_TIMEOUT": "10"])
+                environment: ["CONCORD_RANK": "\(rank)", "CONCORD_WORLD_SIZE": "3", "CONCORD_MASTER_PORT": "\(port)", "CONCORD_PEER_TIMEOUT": "\(peerTimeout)"])
         }
         defer { ranks.forEach { $0.kill() } }
-        // Let the ring form and the collectives run, then kill rank 1 without warning.
         Thread.sleep(forTimeInterval: 3)
         #expect(ranks.allSatisfy { $0.process.isRunning }, "a rank ended early: \(ranks.map(\.stderr))")
-        ranks[1].kill()
+        harm(ranks[1])
         let start = Date()
         for rank in [0, 2] {
-            #expect(ranks[rank].wait(seconds: 15), "rank \(rank) still runs 15 s after rank 1 died")
+            #expect(ranks[rank].wait(seconds: seconds + 5), "rank \(rank) still runs \(seconds + 5) s after rank 1 was harmed")
         }
-        #expect(Date().timeIntervalSince(start) < 12)
+        #expect(Date().timeIntervalSince(start) < seconds)
         for rank in [0, 2] {
             let status = ranks[rank].exitStatus
             #expect(status != nil && status != 0, "rank \(rank) status \(String(describing: status)), signal \(String(describing: ranks[rank].terminatingSignal))")
             let err = ranks[rank].stderr
             #expect(err.contains("rank \(rank)") && err.contains("rank 1"), "rank \(rank) said: \(err)")
         }
+    }
+
+    @Test("when one of 3 ranks is killed mid-run, the others exit non-zero naming it, within seconds")
+    func killedRank() throws {
+        try survivorsName({ $0.kill() }, within: 5, peerTimeout: 10)
+    }
+
+    @Test("when one of 3 ranks hangs (SIGSTOP), the others fail after the peer timeout naming it")
+    func hungRank() throws {
+        try survivorsName({ $0.signal(SIGSTOP) }, within: 2 + 6, peerTimeout: 2)
     }
 }
