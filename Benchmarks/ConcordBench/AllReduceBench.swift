@@ -19,7 +19,9 @@ struct AllReduceBench: ParsableCommand {
     @Option(name: .long, help: "Largest frame payload in bytes (a tuning knob; default 1M).", transform: ByteSize.parse)
     var segment: Int?
 
-    @Option(name: .long, help: "Bytes a reducing receive reads before combining (a tuning knob; default 64K).", transform: ByteSize.parse)
+    @Option(
+        name: .long, help: "Bytes a reducing receive reads before combining (a tuning knob; default 64K).",
+        transform: ByteSize.parse)
     var readChunk: Int?
 
     @Flag(name: .long, help: "Also measure the raw TCP ring (the physical limit) for each size, interleaved.")
@@ -34,7 +36,9 @@ struct AllReduceBench: ParsableCommand {
         if rawRing && n > 1 && raw == nil { fail("could not set up the raw TCP ring") }
         let table = Table(withRaw: raw != nil)
         if comm.rank == 0 {
-            emit("# concord-bench allreduce: \(n) ranks, float32 sum, in place, \(sweep.iterations) iterations after \(sweep.warmup) warm-up, segment \(ByteSize.format(comm.segmentBytes)), read chunk \(ByteSize.format(comm.reduceChunkBytes))")
+            emit(
+                "# concord-bench allreduce: \(n) ranks, float32 sum, in place, \(sweep.iterations) iterations after \(sweep.warmup) warm-up, segment \(ByteSize.format(comm.segmentBytes)), read chunk \(ByteSize.format(comm.reduceChunkBytes))"
+            )
             emit("#")
             emit(table.header)
         }
@@ -62,7 +66,8 @@ struct AllReduceBench: ParsableCommand {
                 var rawBusbw: Double?
                 if let raw {
                     let linkBytes = max(1, bytes * 2 * (n - 1) / n)
-                    rawBusbw = try raw.measure(linkBytes: linkBytes, iterations: sweep.iterations, warmup: min(sweep.warmup, 2))
+                    rawBusbw = try raw.measure(
+                        linkBytes: linkBytes, iterations: sweep.iterations, warmup: min(sweep.warmup, 2))
                 }
                 let algbw = seconds > 0 ? Double(bytes) / seconds / 1e9 : 0
                 let row = BenchRow(

@@ -23,7 +23,9 @@ struct ConcordBench: ParsableCommand {
 
 /// The sweep and check flags every benchmark shares (nccl-tests' names).
 struct SweepOptions: ParsableArguments {
-    @Option(name: .customShort("b"), help: "Smallest size in bytes (K, M, G suffixes: powers of 1024).", transform: ByteSize.parse)
+    @Option(
+        name: .customShort("b"), help: "Smallest size in bytes (K, M, G suffixes: powers of 1024).",
+        transform: ByteSize.parse)
     var minBytes: Int = 8
 
     @Option(name: .customShort("e"), help: "Largest size in bytes.", transform: ByteSize.parse)

@@ -24,7 +24,9 @@ struct RawRingBench: ParsableCommand {
         let ring: RawRing
         do { ring = try RawRing(comm: comm) } catch { fail(error) }
         if comm.rank == 0 {
-            emit("# concord-bench rawring: \(comm.worldSize) ranks, bytes per link per iteration, \(sweep.iterations) iterations")
+            emit(
+                "# concord-bench rawring: \(comm.worldSize) ranks, bytes per link per iteration, \(sweep.iterations) iterations"
+            )
             emit("#        bytes      time (us)   link GB/s")
         }
         for bytes in sweep.sizes where bytes > 0 {
@@ -71,7 +73,9 @@ final class RawRing: @unchecked Sendable {
         address.sin_port = 0
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listenFD, $0, length) == 0 && listen(listenFD, 4) == 0 && getsockname(listenFD, $0, &length) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listenFD, $0, length) == 0 && listen(listenFD, 4) == 0 && getsockname(listenFD, $0, &length) == 0
+            }
         }
         guard bound else { throw RawRingError(description: "bind: \(String(cString: strerror(errno)))") }
         var ports = [Float](repeating: 0, count: comm.worldSize)
@@ -85,7 +89,9 @@ final class RawRing: @unchecked Sendable {
         right.sin_addr.s_addr = inet_addr("127.0.0.1")
         right.sin_port = rightPort.bigEndian
         let connected = withUnsafePointer(to: &right) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(sendFD, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(sendFD, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
         }
         guard connected else { throw RawRingError(description: "connect: \(String(cString: strerror(errno)))") }
         receiveFD = accept(listenFD, nil, nil)
@@ -106,14 +112,18 @@ final class RawRing: @unchecked Sendable {
     }
 
     private func stream(_ bytes: Int) throws {
-        let fd = sendFD, chunk = writeChunk
+        let fd = sendFD
+        let chunk = writeChunk
         nonisolated(unsafe) let source = UnsafeRawPointer(sendBuffer)
         let done = DispatchSemaphore(value: 0)
         let senderThread = Thread {
             var left = bytes
             while left > 0 {
                 let n = Glibc.write(fd, source, min(left, chunk))
-                if n <= 0 { if errno == EINTR { continue }; break }
+                if n <= 0 {
+                    if errno == EINTR { continue }
+                    break
+                }
                 left -= n
             }
             done.signal()
@@ -125,7 +135,8 @@ final class RawRing: @unchecked Sendable {
             if n <= 0 {
                 if n < 0 && errno == EINTR { continue }
                 done.wait()
-                throw RawRingError(description: "raw ring read failed: \(n == 0 ? "end of stream" : String(cString: strerror(errno)))")
+                throw RawRingError(
+                    description: "raw ring read failed: \(n == 0 ? "end of stream" : String(cString: strerror(errno)))")
             }
             left -= n
         }

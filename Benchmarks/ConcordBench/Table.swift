@@ -20,9 +20,11 @@ struct Table {
     let withRaw: Bool
 
     var header: String {
-        var top = "#" + pad("size", 11) + pad("count", 14) + pad("type", 10) + pad("redop", 8)
+        var top =
+            "#" + pad("size", 11) + pad("count", 14) + pad("type", 10) + pad("redop", 8)
             + pad("time", 11) + pad("algbw", 9) + pad("busbw", 9) + pad("#wrong", 8)
-        var units = "#" + pad("(B)", 11) + pad("(elements)", 14) + pad("", 10) + pad("", 8)
+        var units =
+            "#" + pad("(B)", 11) + pad("(elements)", 14) + pad("", 10) + pad("", 8)
             + pad("(us)", 11) + pad("(GB/s)", 9) + pad("(GB/s)", 9) + pad("", 8)
         if withRaw {
             top += pad("raw ring", 10) + pad("ratio", 8)
@@ -32,7 +34,8 @@ struct Table {
     }
 
     func line(_ row: BenchRow) -> String {
-        var text = " " + pad("\(row.bytes)", 11) + pad("\(row.count)", 14) + pad(row.type, 10) + pad(row.redop, 8)
+        var text =
+            " " + pad("\(row.bytes)", 11) + pad("\(row.count)", 14) + pad(row.type, 10) + pad(row.redop, 8)
             + pad(fixed(row.timeMicroseconds, row.timeMicroseconds < 1e4 ? 1 : 0), 11)
             + pad(fixed(row.algbw, 2), 9) + pad(fixed(row.busbw, 2), 9)
             + pad(row.wrong.map(String.init) ?? "N/A", 8)

@@ -1,3 +1,4 @@
+import ConcordCollectives
 // The public face of Concord: a group of ranks that run collectives together.
 //
 // A Communicator owns one libuv event loop on its own thread. Every collective is a job on that thread:
@@ -6,7 +7,6 @@
 // thread resumes (no thread of Swift's cooperative pool ever blocks on the network); the blocking API
 // waits on a semaphore. Collectives run in the order they are called.
 @_exported import ConcordCore
-import ConcordCollectives
 import ConcordUV
 import Foundation
 
@@ -175,7 +175,8 @@ public final class Communicator: @unchecked Sendable {
     /// Reduces the memory at `buffer` in place. The memory must stay valid and untouched until the call
     /// returns.
     public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum) async throws {
-        let raw = SendableBytes(UnsafeMutableRawBufferPointer(buffer)), count = buffer.count
+        let raw = SendableBytes(UnsafeMutableRawBufferPointer(buffer))
+        let count = buffer.count
         let segment = segmentBytes
         try await run { transport, sequence in
             try RingCollectives.allReduce(
@@ -196,7 +197,8 @@ public final class Communicator: @unchecked Sendable {
 
     /// Blocking `allReduce` on raw memory.
     public func allReduceBlocking(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum) throws {
-        let raw = SendableBytes(UnsafeMutableRawBufferPointer(buffer)), count = buffer.count
+        let raw = SendableBytes(UnsafeMutableRawBufferPointer(buffer))
+        let count = buffer.count
         let segment = segmentBytes
         try runBlocking { transport, sequence in
             try RingCollectives.allReduce(

@@ -41,7 +41,10 @@ public struct Configuration: Sendable, Equatable {
 
     /// The launchers whose variables are understood, in order of precedence.
     static let families: [(name: String, rank: String, size: String, local: String, addr: String?, port: String?)] = [
-        ("concord", "CONCORD_RANK", "CONCORD_WORLD_SIZE", "CONCORD_LOCAL_RANK", "CONCORD_MASTER_ADDR", "CONCORD_MASTER_PORT"),
+        (
+            "concord", "CONCORD_RANK", "CONCORD_WORLD_SIZE", "CONCORD_LOCAL_RANK", "CONCORD_MASTER_ADDR",
+            "CONCORD_MASTER_PORT"
+        ),
         ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"),
         ("SLURM", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", nil, nil),
         ("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", nil, nil),
@@ -70,17 +73,21 @@ public struct Configuration: Sendable, Equatable {
         }
         var found: (name: String, rank: Int, size: Int, local: Int?)?
         for family in Self.families {
-            let rank = try integer(family.rank), size = try integer(family.size)
+            let rank = try integer(family.rank)
+            let size = try integer(family.size)
             if rank == nil && size == nil { continue }
             guard let rank, let size else {
                 throw ConcordError.invalidConfiguration(
-                    "\(rank == nil ? family.rank : family.size) is missing while \(rank == nil ? family.size : family.rank) is set")
+                    "\(rank == nil ? family.rank : family.size) is missing while \(rank == nil ? family.size : family.rank) is set"
+                )
             }
             found = (family.name, rank, size, try integer(family.local))
             break
         }
         let (source, rank, size, local) = found ?? ("default (no launcher variables)", 0, 1, nil)
-        guard size >= 1 else { throw ConcordError.invalidConfiguration("world size \(size) (from \(source)) must be at least 1") }
+        guard size >= 1 else {
+            throw ConcordError.invalidConfiguration("world size \(size) (from \(source)) must be at least 1")
+        }
         guard (0..<size).contains(rank) else {
             throw ConcordError.invalidConfiguration("rank \(rank) (from \(source)) is outside 0..<\(size)")
         }

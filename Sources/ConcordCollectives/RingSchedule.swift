@@ -67,7 +67,8 @@ public struct RingSchedule: Sendable, Equatable {
     /// The elements of chunk `c` (any integer; taken mod n).
     public func chunk(_ c: Int) -> Range<Int> {
         let c = Self.mod(c, worldSize)
-        let base = count / worldSize, extra = count % worldSize
+        let base = count / worldSize
+        let extra = count % worldSize
         let start = c * base + min(c, extra)
         return start..<(start + base + (c < extra ? 1 : 0))
     }
@@ -113,7 +114,8 @@ public struct RingSchedule: Sendable, Equatable {
         precondition(index >= 0 && index < 2 * perPhase)
         let phase: RingPhase = index < perPhase ? .reduceScatter : .allGather
         let within = index % perPhase
-        let step = within / segmentsPerChunk, j = within % segmentsPerChunk
+        let step = within / segmentsPerChunk
+        let j = within % segmentsPerChunk
         return Unit(
             phase: phase, step: step, segment: j,
             send: segment(j, ofChunk: sendChunk(phase, step: step)),
@@ -129,7 +131,8 @@ public struct RingSchedule: Sendable, Equatable {
     /// segments of the step). Sender and receiver compute the same order, so the i-th frame a rank
     /// sends is the i-th its right neighbour receives.
     public func wireOrder(phases: Int) -> [Int] {
-        let k = segmentsPerChunk, steps = phases * stepsPerPhase
+        let k = segmentsPerChunk
+        let steps = phases * stepsPerPhase
         var order = [Int]()
         order.reserveCapacity(steps * k)
         guard steps > 0 else { return order }

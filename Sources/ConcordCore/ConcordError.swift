@@ -32,34 +32,34 @@ public enum ConcordError: Error, Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .peerLost(rank, peer, reason):
+        case .peerLost(let rank, let peer, let reason):
             return "rank \(rank): lost rank \(peer) (\(reason))"
-        case let .aborted(rank, by, reason):
+        case .aborted(let rank, let by, let reason):
             return "rank \(rank): collective aborted by rank \(by): \(reason)"
-        case let .mismatch(rank, peer, what, local, remote):
+        case .mismatch(let rank, let peer, let what, let local, let remote):
             return "rank \(rank): \(what) differs from rank \(peer): rank \(rank) has \(local), "
                 + "rank \(peer) has \(remote); every rank must call the same collective with the same arguments"
-        case let .protocolVersion(rank, peer, local, remote):
+        case .protocolVersion(let rank, let peer, let local, let remote):
             return "rank \(rank): \(peer) speaks Concord protocol v\(remote), this build speaks v\(local); "
                 + "run the same Concord version on every device"
-        case let .malformedFrame(rank, peer, detail):
+        case .malformedFrame(let rank, let peer, let detail):
             return "rank \(rank): malformed frame from \(peer): \(detail)"
-        case let .joinTimeout(rank, missing, seconds):
+        case .joinTimeout(let rank, let missing, let seconds):
             let list = missing.map(String.init).joined(separator: ", ")
             return "rank \(rank): join timed out after \(Self.format(seconds)) s; ranks that never joined: [\(list)] "
                 + "(start them, or raise CONCORD_TIMEOUT)"
-        case let .masterUnreachable(rank, address, seconds, reason):
+        case .masterUnreachable(let rank, let address, let seconds, let reason):
             return "rank \(rank): cannot reach the master at \(address) within \(Self.format(seconds)) s (\(reason)); "
                 + "is rank 0 running, and are CONCORD_MASTER_ADDR/CONCORD_MASTER_PORT right?"
-        case let .addressInUse(rank, address, hint):
+        case .addressInUse(let rank, let address, let hint):
             return "rank \(rank): address \(address) is already in use; \(hint)"
-        case let .joinRefused(rank, peer, reason):
+        case .joinRefused(let rank, let peer, let reason):
             return "rank \(rank): \(peer) refused the join: \(reason)"
-        case let .invalidConfiguration(message):
+        case .invalidConfiguration(let message):
             return "concord: \(message)"
-        case let .system(rank, call, code, message):
+        case .system(let rank, let call, let code, let message):
             return "rank \(rank): \(call) failed: \(message) (\(code))"
-        case let .shutDown(rank):
+        case .shutDown(let rank):
             return "rank \(rank): the communicator is shut down"
         }
     }
@@ -67,10 +67,10 @@ public enum ConcordError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The rank that reported this error, when the error has one.
     public var reportingRank: Int? {
         switch self {
-        case let .peerLost(rank, _, _), let .aborted(rank, _, _), let .mismatch(rank, _, _, _, _),
-            let .protocolVersion(rank, _, _, _), let .malformedFrame(rank, _, _), let .joinTimeout(rank, _, _),
-            let .masterUnreachable(rank, _, _, _), let .addressInUse(rank, _, _), let .joinRefused(rank, _, _),
-            let .system(rank, _, _, _), let .shutDown(rank):
+        case .peerLost(let rank, _, _), .aborted(let rank, _, _), .mismatch(let rank, _, _, _, _),
+            .protocolVersion(let rank, _, _, _), .malformedFrame(let rank, _, _), .joinTimeout(let rank, _, _),
+            .masterUnreachable(let rank, _, _, _), .addressInUse(let rank, _, _), .joinRefused(let rank, _, _),
+            .system(let rank, _, _, _), .shutDown(let rank):
             return rank
         case .invalidConfiguration:
             return nil

@@ -37,7 +37,7 @@ public struct Deadline: Sendable, Comparable, CustomStringConvertible {
 
     public static func < (a: Deadline, b: Deadline) -> Bool {
         switch (a.instant, b.instant) {
-        case let (x?, y?): return x < y
+        case (let x?, let y?): return x < y
         case (_?, nil): return true
         default: return false
         }

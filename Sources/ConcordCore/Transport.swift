@@ -42,7 +42,8 @@ public struct SegmentTag: Sendable, Equatable, CustomStringConvertible {
             .mismatch(rank: rank, peer: peer, what: what, local: local, remote: remote)
         }
         if received.sequence != sequence {
-            throw fail("collective sequence number", "#\(sequence) (\(collective))",
+            throw fail(
+                "collective sequence number", "#\(sequence) (\(collective))",
                 "#\(received.sequence) (\(received.collective))")
         }
         if received.collective != collective {
@@ -75,11 +76,14 @@ public struct SegmentTag: Sendable, Equatable, CustomStringConvertible {
 /// of what follows. `destination` and `source` never overlap.
 public struct Reducer: Sendable {
     public let elementSize: Int
-    public let combine: @Sendable (_ destination: UnsafeMutableRawPointer, _ source: UnsafeRawPointer, _ elements: Int) -> Void
+    public let combine:
+        @Sendable (_ destination: UnsafeMutableRawPointer, _ source: UnsafeRawPointer, _ elements: Int) -> Void
 
     public init(
         elementSize: Int,
-        combine: @escaping @Sendable (_ destination: UnsafeMutableRawPointer, _ source: UnsafeRawPointer, _ elements: Int) -> Void
+        combine:
+            @escaping @Sendable (_ destination: UnsafeMutableRawPointer, _ source: UnsafeRawPointer, _ elements: Int) ->
+            Void
     ) {
         self.elementSize = elementSize
         self.combine = combine

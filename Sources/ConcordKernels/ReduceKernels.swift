@@ -12,14 +12,17 @@ public enum ReduceKernels {
         switch (op, dataType) {
         case (.sum, .float32):
             return Reducer(elementSize: 4) { dst, src, n in
-                sum(into: dst.assumingMemoryBound(to: Float.self), from: src.assumingMemoryBound(to: Float.self), count: n)
+                sum(
+                    into: dst.assumingMemoryBound(to: Float.self), from: src.assumingMemoryBound(to: Float.self),
+                    count: n)
             }
         }
     }
 
     /// `destination[i] += source[i]` for `count` floats; the two may be equal but must not partly overlap.
     @inlinable
-    public static func sum(into destination: UnsafeMutablePointer<Float>, from source: UnsafePointer<Float>, count: Int) {
+    public static func sum(into destination: UnsafeMutablePointer<Float>, from source: UnsafePointer<Float>, count: Int)
+    {
         combine(into: destination, from: source, count: count, vector: SIMD16<Float>.self, { $0 + $1 }, { $0 + $1 })
     }
 

@@ -8,10 +8,10 @@ import ArgumentParser
 
 @main
 struct ConcordCommand: ParsableCommand {
-  static let configuration = CommandConfiguration(
-    commandName: "concord",
-    abstract: "Launch and supervise the ranks of a Concord job.",
-    discussion: HelpText.root,
-    version: "0.1.0",
-    subcommands: [RunCommand.self])
+    static let configuration = CommandConfiguration(
+        commandName: "concord",
+        abstract: "Launch and supervise the ranks of a Concord job.",
+        discussion: HelpText.root,
+        version: "0.1.0",
+        subcommands: [RunCommand.self])
 }

@@ -13,60 +13,60 @@ import Glibc
 
 /// A validated description of one job.
 struct LaunchPlan {
-  /// The resolved executable, passed to posix_spawn.
-  let executable: ExecutablePath
-  /// The argument vector, starting with the program name as the user typed it.
-  let arguments: [String]
-  /// N, the number of ranks.
-  let worldSize: Int
-  /// The rendezvous address given to every rank.
-  let masterAddress: String
-  /// The rendezvous port given to every rank.
-  let masterPort: Int
-  /// How long ranks get between SIGTERM and SIGKILL.
-  let grace: Duration
+    /// The resolved executable, passed to posix_spawn.
+    let executable: ExecutablePath
+    /// The argument vector, starting with the program name as the user typed it.
+    let arguments: [String]
+    /// N, the number of ranks.
+    let worldSize: Int
+    /// The rendezvous address given to every rank.
+    let masterAddress: String
+    /// The rendezvous port given to every rank.
+    let masterPort: Int
+    /// How long ranks get between SIGTERM and SIGKILL.
+    let grace: Duration
 
-  /// The names of the variables `environment(forRank:)` sets; the inherited values of these are
-  /// replaced.
-  static let variableNames = [
-    "CONCORD_RANK", "CONCORD_WORLD_SIZE", "CONCORD_LOCAL_RANK", "CONCORD_LOCAL_WORLD_SIZE",
-    "CONCORD_MASTER_ADDR", "CONCORD_MASTER_PORT",
-  ]
-
-  /// The variables rank `rank` receives on top of the launcher's environment, in `variableNames` order.
-  ///
-  /// All ranks run on this host, so the local rank is the rank and the local world size is N.
-  func environment(forRank rank: Int) -> [(name: String, value: String)] {
-    precondition((0..<worldSize).contains(rank), "rank \(rank) outside 0..<\(worldSize)")
-    return [
-      ("CONCORD_RANK", "\(rank)"),
-      ("CONCORD_WORLD_SIZE", "\(worldSize)"),
-      ("CONCORD_LOCAL_RANK", "\(rank)"),
-      ("CONCORD_LOCAL_WORLD_SIZE", "\(worldSize)"),
-      ("CONCORD_MASTER_ADDR", masterAddress),
-      ("CONCORD_MASTER_PORT", "\(masterPort)"),
+    /// The names of the variables `environment(forRank:)` sets; the inherited values of these are
+    /// replaced.
+    static let variableNames = [
+        "CONCORD_RANK", "CONCORD_WORLD_SIZE", "CONCORD_LOCAL_RANK", "CONCORD_LOCAL_WORLD_SIZE",
+        "CONCORD_MASTER_ADDR", "CONCORD_MASTER_PORT",
     ]
-  }
 
-  /// Asks the kernel for a TCP port that is free on 127.0.0.1 right now.
-  /// Calls socket(2), bind(2), getsockname(2) and close(2).
-  ///
-  /// - Returns: A port number in 1...65535.
-  /// - Throws: `SystemError` if any of the calls fails.
-  static func freeLoopbackPort() throws(SystemError) -> Int {
-    let socketFD = try systemCall("socket") { socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) }
-    defer { close(socketFD) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = 0
-    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian  // 127.0.0.1
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    try withUnsafeMutablePointer(to: &address) { pointer throws(SystemError) in
-      try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw throws(SystemError) in
-        try systemCall("bind") { bind(socketFD, raw, length) }
-        try systemCall("getsockname") { getsockname(socketFD, raw, &length) }
-      }
+    /// The variables rank `rank` receives on top of the launcher's environment, in `variableNames` order.
+    ///
+    /// All ranks run on this host, so the local rank is the rank and the local world size is N.
+    func environment(forRank rank: Int) -> [(name: String, value: String)] {
+        precondition((0..<worldSize).contains(rank), "rank \(rank) outside 0..<\(worldSize)")
+        return [
+            ("CONCORD_RANK", "\(rank)"),
+            ("CONCORD_WORLD_SIZE", "\(worldSize)"),
+            ("CONCORD_LOCAL_RANK", "\(rank)"),
+            ("CONCORD_LOCAL_WORLD_SIZE", "\(worldSize)"),
+            ("CONCORD_MASTER_ADDR", masterAddress),
+            ("CONCORD_MASTER_PORT", "\(masterPort)"),
+        ]
     }
-    return Int(UInt16(bigEndian: address.sin_port))
-  }
+
+    /// Asks the kernel for a TCP port that is free on 127.0.0.1 right now.
+    /// Calls socket(2), bind(2), getsockname(2) and close(2).
+    ///
+    /// - Returns: A port number in 1...65535.
+    /// - Throws: `SystemError` if any of the calls fails.
+    static func freeLoopbackPort() throws(SystemError) -> Int {
+        let socketFD = try systemCall("socket") { socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) }
+        defer { close(socketFD) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian  // 127.0.0.1
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        try withUnsafeMutablePointer(to: &address) { pointer throws(SystemError) in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw throws(SystemError) in
+                try systemCall("bind") { bind(socketFD, raw, length) }
+                try systemCall("getsockname") { getsockname(socketFD, raw, &length) }
+            }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
 }

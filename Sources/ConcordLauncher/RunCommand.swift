@@ -10,99 +10,99 @@ import ArgumentParser
 import Glibc
 
 struct RunCommand: ParsableCommand {
-  static let configuration = CommandConfiguration(
-    commandName: "run",
-    abstract: "Start N ranks of PROGRAM on this host and supervise them.",
-    usage: "concord run -n <N> [<options>] -- <program> [<argument> ...]",
-    discussion: HelpText.run)
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Start N ranks of PROGRAM on this host and supervise them.",
+        usage: "concord run -n <N> [<options>] -- <program> [<argument> ...]",
+        discussion: HelpText.run)
 
-  @Option(
-    name: [.customShort("n"), .customLong("ranks")],
-    help: ArgumentHelp("The number of ranks to start (at least 1).", valueName: "N"))
-  var ranks: Int
+    @Option(
+        name: [.customShort("n"), .customLong("ranks")],
+        help: ArgumentHelp("The number of ranks to start (at least 1).", valueName: "N"))
+    var ranks: Int
 
-  @Option(
-    help: ArgumentHelp(
-      "The rendezvous address given to every rank as CONCORD_MASTER_ADDR.", valueName: "address"))
-  var masterAddr = "127.0.0.1"
+    @Option(
+        help: ArgumentHelp(
+            "The rendezvous address given to every rank as CONCORD_MASTER_ADDR.", valueName: "address"))
+    var masterAddr = "127.0.0.1"
 
-  @Option(
-    help: ArgumentHelp(
-      "The rendezvous port given to every rank as CONCORD_MASTER_PORT (default: a free TCP port on 127.0.0.1).",
-      valueName: "port"))
-  var masterPort: Int?
+    @Option(
+        help: ArgumentHelp(
+            "The rendezvous port given to every rank as CONCORD_MASTER_PORT (default: a free TCP port on 127.0.0.1).",
+            valueName: "port"))
+    var masterPort: Int?
 
-  @Option(
-    help: ArgumentHelp(
-      "Seconds between SIGTERM and SIGKILL when the job is stopped.", valueName: "seconds"))
-  var grace: Double = 3
+    @Option(
+        help: ArgumentHelp(
+            "Seconds between SIGTERM and SIGKILL when the job is stopped.", valueName: "seconds"))
+    var grace: Double = 3
 
-  @Argument(
-    parsing: .captureForPassthrough,
-    help: ArgumentHelp(
-      "The program every rank runs, and its arguments (after --).", valueName: "program"))
-  var command: [String] = []
+    @Argument(
+        parsing: .captureForPassthrough,
+        help: ArgumentHelp(
+            "The program every rank runs, and its arguments (after --).", valueName: "program"))
+    var command: [String] = []
 
-  /// The program and its arguments, without the `--` that separates them from concord's options.
-  private var programArguments: [String] {
-    command.first == "--" ? Array(command.dropFirst()) : command
-  }
-
-  func validate() throws {
-    guard ranks >= 1 else {
-      throw ValidationError("-n must be at least 1 (got \(ranks))")
+    /// The program and its arguments, without the `--` that separates them from concord's options.
+    private var programArguments: [String] {
+        command.first == "--" ? Array(command.dropFirst()) : command
     }
-    guard let program = programArguments.first, !program.isEmpty else {
-      throw ValidationError(
-        "no program given; write it after --, e.g. concord run -n \(ranks) -- ./my-program")
-    }
-    if let masterPort, !(1...65535).contains(masterPort) {
-      throw ValidationError("--master-port must be between 1 and 65535 (got \(masterPort))")
-    }
-    guard grace.isFinite, (0...86_400).contains(grace) else {
-      throw ValidationError("--grace must be a number of seconds from 0 to 86400 (got \(grace))")
-    }
-    guard !masterAddr.isEmpty else {
-      throw ValidationError("--master-addr must not be empty")
-    }
-  }
 
-  func run() throws {
-    let arguments = programArguments
-    let executable: ExecutablePath
-    do throws(ExecutablePath.LookupError) {
-      executable = try ExecutablePath(
-        resolving: arguments[0], searchPath: Self.environmentValue("PATH"))
-    } catch {
-      Self.fail("\(error)", exitCode: error.exitCode)
+    func validate() throws {
+        guard ranks >= 1 else {
+            throw ValidationError("-n must be at least 1 (got \(ranks))")
+        }
+        guard let program = programArguments.first, !program.isEmpty else {
+            throw ValidationError(
+                "no program given; write it after --, e.g. concord run -n \(ranks) -- ./my-program")
+        }
+        if let masterPort, !(1...65535).contains(masterPort) {
+            throw ValidationError("--master-port must be between 1 and 65535 (got \(masterPort))")
+        }
+        guard grace.isFinite, (0...86_400).contains(grace) else {
+            throw ValidationError("--grace must be a number of seconds from 0 to 86400 (got \(grace))")
+        }
+        guard !masterAddr.isEmpty else {
+            throw ValidationError("--master-addr must not be empty")
+        }
     }
-    var port = masterPort ?? 0
-    do throws(SystemError) {
-      if masterPort == nil { port = try LaunchPlan.freeLoopbackPort() }
-    } catch {
-      Self.fail(
-        "cannot pick a free port for CONCORD_MASTER_PORT: \(error); pass --master-port", exitCode: 1
-      )
-    }
-    let plan = LaunchPlan(
-      executable: executable, arguments: arguments, worldSize: ranks, masterAddress: masterAddr,
-      masterPort: port, grace: .seconds(grace))
-    let exitCode: Int32
-    do throws(SystemError) {
-      exitCode = try ProcessGroup(plan: plan).run()
-    } catch {
-      Self.fail("\(error)", exitCode: 1)
-    }
-    if exitCode != 0 { throw ExitCode(exitCode) }
-  }
 
-  /// Prints "concord: error: <message>" on stderr and exits.
-  private static func fail(_ message: String, exitCode: Int32) -> Never {
-    FileSink(fd: STDERR_FILENO).writeLine("concord: error: \(message)")
-    Glibc.exit(exitCode)
-  }
+    func run() throws {
+        let arguments = programArguments
+        let executable: ExecutablePath
+        do throws(ExecutablePath.LookupError) {
+            executable = try ExecutablePath(
+                resolving: arguments[0], searchPath: Self.environmentValue("PATH"))
+        } catch {
+            Self.fail("\(error)", exitCode: error.exitCode)
+        }
+        var port = masterPort ?? 0
+        do throws(SystemError) {
+            if masterPort == nil { port = try LaunchPlan.freeLoopbackPort() }
+        } catch {
+            Self.fail(
+                "cannot pick a free port for CONCORD_MASTER_PORT: \(error); pass --master-port", exitCode: 1
+            )
+        }
+        let plan = LaunchPlan(
+            executable: executable, arguments: arguments, worldSize: ranks, masterAddress: masterAddr,
+            masterPort: port, grace: .seconds(grace))
+        let exitCode: Int32
+        do throws(SystemError) {
+            exitCode = try ProcessGroup(plan: plan).run()
+        } catch {
+            Self.fail("\(error)", exitCode: 1)
+        }
+        if exitCode != 0 { throw ExitCode(exitCode) }
+    }
 
-  private static func environmentValue(_ name: String) -> String? {
-    getenv(name).map { String(cString: $0) }
-  }
+    /// Prints "concord: error: <message>" on stderr and exits.
+    private static func fail(_ message: String, exitCode: Int32) -> Never {
+        FileSink(fd: STDERR_FILENO).writeLine("concord: error: \(message)")
+        Glibc.exit(exitCode)
+    }
+
+    private static func environmentValue(_ name: String) -> String? {
+        getenv(name).map { String(cString: $0) }
+    }
 }

@@ -46,7 +46,12 @@ public final class InMemoryWorld: @unchecked Sendable {
         firstFailure = (rank, error)
         failures[rank] = error
         if let (peer, e) = peerError { failures[peer] = e }
-        for s in 0..<worldSize { for d in 0..<worldSize { sends[s][d].removeAll(); receives[s][d].removeAll() } }
+        for s in 0..<worldSize {
+            for d in 0..<worldSize {
+                sends[s][d].removeAll()
+                receives[s][d].removeAll()
+            }
+        }
         condition.broadcast()
     }
 
@@ -64,8 +69,10 @@ public final class InMemoryWorld: @unchecked Sendable {
                 try receive.tag.check(received: send.tag, rank: destination, peer: source)
             } catch let error as ConcordError {
                 var mirrored: (Int, ConcordError)? = nil
-                if case let .mismatch(_, _, what, local, remote) = error {
-                    mirrored = (source, .mismatch(rank: source, peer: destination, what: what, local: remote, remote: local))
+                if case .mismatch(_, _, let what, let local, let remote) = error {
+                    mirrored = (
+                        source, .mismatch(rank: source, peer: destination, what: what, local: remote, remote: local)
+                    )
                 }
                 fail(error, rank: destination, peerError: mirrored)
                 return
@@ -73,7 +80,8 @@ public final class InMemoryWorld: @unchecked Sendable {
             let n = send.tag.byteCount
             if n > 0 {
                 if let reducer = receive.reducer {
-                    reducer.combine(receive.bytes.baseAddress!, UnsafeRawPointer(send.bytes.baseAddress!), send.tag.length)
+                    reducer.combine(
+                        receive.bytes.baseAddress!, UnsafeRawPointer(send.bytes.baseAddress!), send.tag.length)
                 } else {
                     receive.bytes.baseAddress!.copyMemory(from: send.bytes.baseAddress!, byteCount: n)
                 }
@@ -100,7 +108,8 @@ public final class InMemoryTransport: Transport, @unchecked Sendable {
     public func send(to peer: Int, tag: SegmentTag, from bytes: UnsafeRawBufferPointer) throws -> TransferID {
         try post(peer: peer, source: rank, destination: peer) { id in
             world.sends[rank][peer].append(
-                .init(id: id, owner: rank, tag: tag, bytes: UnsafeMutableRawBufferPointer(mutating: bytes), reducer: nil))
+                .init(
+                    id: id, owner: rank, tag: tag, bytes: UnsafeMutableRawBufferPointer(mutating: bytes), reducer: nil))
         }
     }
 

@@ -9,7 +9,8 @@ public func builtExecutable(_ name: String, file: String = #filePath) -> String?
     directories.append(bundle.deletingLastPathComponent().path)
     directories.append(bundle.deletingLastPathComponent().deletingLastPathComponent().path)
     var root = URL(fileURLWithPath: file)
-    while root.path != "/" && !FileManager.default.fileExists(atPath: root.appendingPathComponent("Package.swift").path) {
+    while root.path != "/" && !FileManager.default.fileExists(atPath: root.appendingPathComponent("Package.swift").path)
+    {
         root.deleteLastPathComponent()
     }
     directories.append(root.appendingPathComponent(".build/debug").path)

@@ -34,10 +34,17 @@ private final class ResultBox<T: Sendable>: @unchecked Sendable {
     private let lock = NSLock()
     private var values: [Result<T, any Error>?]
     init(_ n: Int) { values = Array(repeating: nil, count: n) }
-    func set(_ i: Int, _ r: Result<T, any Error>) { lock.lock(); values[i] = r; lock.unlock() }
+    func set(_ i: Int, _ r: Result<T, any Error>) {
+        lock.lock()
+        values[i] = r
+        lock.unlock()
+    }
     func results(timeoutSeconds: Double) -> [Result<T, any Error>] {
-        lock.lock(); defer { lock.unlock() }
-        return values.enumerated().map { $0.element ?? .failure(RankTimedOut(rank: $0.offset, seconds: timeoutSeconds)) }
+        lock.lock()
+        defer { lock.unlock() }
+        return values.enumerated().map {
+            $0.element ?? .failure(RankTimedOut(rank: $0.offset, seconds: timeoutSeconds))
+        }
     }
 }
 

@@ -21,10 +21,12 @@ final class Listener {
         tcp.pointee.data = Unmanaged.passRetained(self).toOpaque()
         var rc = address.withSockaddr { uv_tcp_bind(tcp, $0, 0) }
         if rc == 0 {
-            rc = uv_listen(tcp.asStream, 128, { server, status in
-                let listener = Unmanaged<Listener>.fromOpaque(server!.pointee.data).takeUnretainedValue()
-                listener.accept(status: status)
-            })
+            rc = uv_listen(
+                tcp.asStream, 128,
+                { server, status in
+                    let listener = Unmanaged<Listener>.fromOpaque(server!.pointee.data).takeUnretainedValue()
+                    listener.accept(status: status)
+                })
         }
         if rc < 0 {
             close()
@@ -99,7 +101,11 @@ enum Connector {
             }
             loop.run(until: { connect.status != nil }, deadline: deadline)
             if connect.status == 0 { return link }
-            if let status = connect.status { lastFailure = uvErrorText(status).message } else { lastFailure = "connection attempt timed out" }
+            if let status = connect.status {
+                lastFailure = uvErrorText(status).message
+            } else {
+                lastFailure = "connection attempt timed out"
+            }
             link.close()  // cancels a pending attempt; its callback still runs and frees the request
             loop.run(until: { connect.status != nil }, deadline: .after(seconds: 1))
             if deadline.hasPassed { throw onTimeout(lastFailure) }

@@ -51,9 +51,11 @@ public final class EventLoop: @unchecked Sendable {
         loop.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         tickTimer.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         try uvCheck(
-            uv_timer_start(tickTimer, { timer in
-                Unmanaged<EventLoop>.fromOpaque(timer!.pointee.data).takeUnretainedValue().tick()
-            }, tickMilliseconds, tickMilliseconds), "uv_timer_start", rank: -1)
+            uv_timer_start(
+                tickTimer,
+                { timer in
+                    Unmanaged<EventLoop>.fromOpaque(timer!.pointee.data).takeUnretainedValue().tick()
+                }, tickMilliseconds, tickMilliseconds), "uv_timer_start", rank: -1)
         let thread = Thread { [unowned self] in self.main() }
         thread.name = name
         thread.stackSize = 4 << 20
@@ -163,12 +165,14 @@ public final class EventLoop: @unchecked Sendable {
     /// Closes every handle still open (owners close theirs first; any other one is a leak, recorded in
     /// `leakedHandles`), turns the loop until their close callbacks ran, and closes it.
     private func closeEverything() {
-        uv_walk(loop, { handle, _ in
-            guard let handle, uv_is_closing(handle) == 0 else { return }
-            let owner = Unmanaged<EventLoop>.fromOpaque(handle.pointee.loop.pointee.data).takeUnretainedValue()
-            owner.noteOpenHandle(handle)
-            uv_close(handle, nil)
-        }, nil)
+        uv_walk(
+            loop,
+            { handle, _ in
+                guard let handle, uv_is_closing(handle) == 0 else { return }
+                let owner = Unmanaged<EventLoop>.fromOpaque(handle.pointee.loop.pointee.data).takeUnretainedValue()
+                owner.noteOpenHandle(handle)
+                uv_close(handle, nil)
+            }, nil)
         while uv_run(loop, UV_RUN_NOWAIT) != 0 {}
         closedCleanly = uv_loop_close(loop) == 0
     }
@@ -181,4 +185,3 @@ public final class EventLoop: @unchecked Sendable {
         if !isOwnHandle(handle) { leakedHandles.append(uvHandleTypeName(handle)) }
     }
 }
-

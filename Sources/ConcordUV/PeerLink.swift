@@ -151,7 +151,7 @@ final class PeerLink {
     /// Queues a receive; the next data frame from the peer must match `receive.tag`.
     func post(_ receive: PostedReceive) {
         receives.append(receive)
-        if case let .parked(header) = state {
+        if case .parked(let header) = state {
             state = .header(got: 0)
             lastHeard = .now
             begin(data: header)
@@ -170,13 +170,13 @@ final class PeerLink {
 
     fileprivate func allocate(_ buf: UnsafeMutablePointer<uv_buf_t>) {
         switch state {
-        case let .header(got):
+        case .header(let got):
             buf.pointee = uv_buf_init(
                 (headerBytes + got).assumingMemoryBound(to: CChar.self), UInt32(FrameHeader.size - got))
-        case let .control(header, got):
+        case .control(let header, let got):
             buf.pointee = uv_buf_init(
                 (controlBytes! + got).assumingMemoryBound(to: CChar.self), UInt32(Int(header.payloadLength) - got))
-        case let .data(header, got):
+        case .data(let header, let got):
             let receive = receives[receiveHead]
             let remaining = Int(header.payloadLength) - got
             if receive.reducer != nil {
@@ -217,7 +217,7 @@ final class PeerLink {
         if n == 0 { return }
         lastHeard = .now
         switch state {
-        case let .header(got):
+        case .header(let got):
             if got + n < FrameHeader.size {
                 state = .header(got: got + n)
                 return
@@ -231,7 +231,7 @@ final class PeerLink {
                 return
             }
             handle(header)
-        case let .control(header, got):
+        case .control(let header, let got):
             if got + n < Int(header.payloadLength) {
                 state = .control(header, got: got + n)
                 return
@@ -241,7 +241,7 @@ final class PeerLink {
             controlBytes?.deallocate()
             controlBytes = nil
             delegate?.link(self, received: header, payload: payload)
-        case let .data(header, got):
+        case .data(let header, let got):
             consume(n, of: header, got: got)
         case .parked, .stopped:
             break
@@ -250,15 +250,18 @@ final class PeerLink {
 
     private func decodeFailure(_ error: FrameHeader.DecodeError) -> ConcordError {
         switch error {
-        case let .version(v):
-            return .protocolVersion(rank: rank, peer: peerLabel, local: Int(FrameHeader.protocolVersion), remote: Int(v))
-        case let .badMagic(m):
+        case .version(let v):
+            return .protocolVersion(
+                rank: rank, peer: peerLabel, local: Int(FrameHeader.protocolVersion), remote: Int(v))
+        case .badMagic(let m):
             return .malformedFrame(
                 rank: rank, peer: peerLabel,
-                detail: "not a Concord frame (magic 0x\(String(m, radix: 16)), expected 0x\(String(FrameHeader.magic, radix: 16)))")
-        case let .unknownKind(k):
+                detail:
+                    "not a Concord frame (magic 0x\(String(m, radix: 16)), expected 0x\(String(FrameHeader.magic, radix: 16)))"
+            )
+        case .unknownKind(let k):
             return .malformedFrame(rank: rank, peer: peerLabel, detail: "unknown frame kind \(k)")
-        case let .oversizedControl(length):
+        case .oversizedControl(let length):
             return .malformedFrame(
                 rank: rank, peer: peerLabel,
                 detail: "control frame of \(length) bytes (at most \(FrameHeader.maxControlPayload))")
@@ -269,11 +272,21 @@ final class PeerLink {
         switch header.kind {
         case .data:
             guard let peer = peerRank, header.sender == UInt32(peer) else {
-                fail(.malformedFrame(rank: rank, peer: peerLabel, detail: "data frame from sender \(header.sender) on a connection that has not completed its handshake as that rank"))
+                fail(
+                    .malformedFrame(
+                        rank: rank, peer: peerLabel,
+                        detail:
+                            "data frame from sender \(header.sender) on a connection that has not completed its handshake as that rank"
+                    ))
                 return
             }
             guard header.tag != nil else {
-                fail(.malformedFrame(rank: rank, peer: peerLabel, detail: "data frame with unknown codes (collective \(header.collective), dtype \(header.dataType), op \(header.op)) or a length of \(header.payloadLength) bytes that is not whole elements"))
+                fail(
+                    .malformedFrame(
+                        rank: rank, peer: peerLabel,
+                        detail:
+                            "data frame with unknown codes (collective \(header.collective), dtype \(header.dataType), op \(header.op)) or a length of \(header.payloadLength) bytes that is not whole elements"
+                    ))
                 return
             }
             if receiveHead == receives.count {
@@ -358,11 +371,18 @@ final class PeerLink {
         let request = WriteRequest(link: self, transfer: transfer, headerBytes: FrameHeader.size + control.count)
         header.encode(into: request.bytes)
         if !control.isEmpty {
-            control.withUnsafeBytes { (request.bytes + FrameHeader.size).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            control.withUnsafeBytes {
+                (request.bytes + FrameHeader.size).copyMemory(from: $0.baseAddress!, byteCount: $0.count)
+            }
         }
-        var buffers = [uv_buf_t(base: request.bytes.assumingMemoryBound(to: CChar.self), len: FrameHeader.size + control.count)]
+        var buffers = [
+            uv_buf_t(base: request.bytes.assumingMemoryBound(to: CChar.self), len: FrameHeader.size + control.count)
+        ]
         if let payload, payload.count > 0 {
-            buffers.append(uv_buf_t(base: UnsafeMutableRawPointer(mutating: payload.baseAddress!).assumingMemoryBound(to: CChar.self), len: payload.count))
+            buffers.append(
+                uv_buf_t(
+                    base: UnsafeMutableRawPointer(mutating: payload.baseAddress!).assumingMemoryBound(to: CChar.self),
+                    len: payload.count))
         }
         request.request.pointee.data = Unmanaged.passRetained(request).toOpaque()
         pendingWrites += 1
@@ -437,7 +457,9 @@ private func linkOf(_ handle: UnsafeMutablePointer<uv_handle_t>?) -> PeerLink {
     Unmanaged<PeerLink>.fromOpaque(handle!.pointee.data).takeUnretainedValue()
 }
 
-private func linkAllocate(_ handle: UnsafeMutablePointer<uv_handle_t>?, _ suggested: Int, _ buf: UnsafeMutablePointer<uv_buf_t>?) {
+private func linkAllocate(
+    _ handle: UnsafeMutablePointer<uv_handle_t>?, _ suggested: Int, _ buf: UnsafeMutablePointer<uv_buf_t>?
+) {
     linkOf(handle).allocate(buf!)
 }
 

@@ -26,11 +26,15 @@ struct SocketAddress: CustomStringConvertible {
         var chosen = first
         var cursor: UnsafeMutablePointer<addrinfo>? = first
         while let c = cursor {
-            if c.pointee.ai_family == AF_INET { chosen = c; break }
+            if c.pointee.ai_family == AF_INET {
+                chosen = c
+                break
+            }
             cursor = c.pointee.ai_next
         }
         withUnsafeMutableBytes(of: &storage) { dst in
-            dst.copyMemory(from: UnsafeRawBufferPointer(start: chosen.pointee.ai_addr, count: Int(chosen.pointee.ai_addrlen)))
+            dst.copyMemory(
+                from: UnsafeRawBufferPointer(start: chosen.pointee.ai_addr, count: Int(chosen.pointee.ai_addrlen)))
         }
     }
 
@@ -46,9 +50,15 @@ struct SocketAddress: CustomStringConvertible {
     var port: Int {
         withUnsafeBytes(of: storage) { raw in
             if family == AF_INET6 {
-                return Int(UInt16(bigEndian: raw.load(fromByteOffset: MemoryLayout<sockaddr_in6>.offset(of: \.sin6_port)!, as: UInt16.self)))
+                return Int(
+                    UInt16(
+                        bigEndian: raw.load(
+                            fromByteOffset: MemoryLayout<sockaddr_in6>.offset(of: \.sin6_port)!, as: UInt16.self)))
             }
-            return Int(UInt16(bigEndian: raw.load(fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_port)!, as: UInt16.self)))
+            return Int(
+                UInt16(
+                    bigEndian: raw.load(
+                        fromByteOffset: MemoryLayout<sockaddr_in>.offset(of: \.sin_port)!, as: UInt16.self)))
         }
     }
 

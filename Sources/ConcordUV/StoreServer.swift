@@ -27,7 +27,9 @@ public final class StoreServer {
         self.worldSize = worldSize
         let listener = try Listener(
             loop: loop, rank: rank, host: host, port: port,
-            inUseHint: "another job (or an old rank 0) holds the master port; choose a free one with --master-port or CONCORD_MASTER_PORT")
+            inUseHint:
+                "another job (or an old rank 0) holds the master port; choose a free one with --master-port or CONCORD_MASTER_PORT"
+        )
         listener.onAccept = { [unowned self] link in
             link.delegate = self
             clients[ObjectIdentifier(link)] = link
@@ -118,7 +120,9 @@ extension StoreServer: PeerLinkDelegate {
         case .bye:
             drop(link)
         default:
-            link.fail(.malformedFrame(rank: rank, peer: link.peerLabel, detail: "unexpected \(header.kind) frame on a store connection"))
+            link.fail(
+                .malformedFrame(
+                    rank: rank, peer: link.peerLabel, detail: "unexpected \(header.kind) frame on a store connection"))
         }
     }
 
@@ -147,7 +151,9 @@ final class StoreClient: Store {
 
     /// Connects to the master at `address`, retrying until `deadline`, and says hello.
     /// - Throws: `.masterUnreachable`, `.joinRefused`, `.protocolVersion`.
-    init(loop: EventLoop, rank: Int, worldSize: Int, host: String, port: Int, deadline: Deadline, joinSeconds: Double) throws {
+    init(loop: EventLoop, rank: Int, worldSize: Int, host: String, port: Int, deadline: Deadline, joinSeconds: Double)
+        throws
+    {
         self.loop = loop
         self.rank = rank
         let address = try SocketAddress(host: host, port: port)
@@ -159,15 +165,19 @@ final class StoreClient: Store {
         link.peerRank = nil
         link.delegate = self
         link.startReading()
-        link.write(FrameHeader(kind: .hello, sender: rank), control: ControlText.encode([("rank", "\(rank)"), ("world", "\(worldSize)"), ("role", "store")]))
+        link.write(
+            FrameHeader(kind: .hello, sender: rank),
+            control: ControlText.encode([("rank", "\(rank)"), ("world", "\(worldSize)"), ("role", "store")]))
         let (header, payload) = try awaitReply(deadline: deadline, joinSeconds: joinSeconds)
         if header.kind == .refuse {
             link.close()
-            throw ConcordError.joinRefused(rank: rank, peer: "the master at \(masterAddress)", reason: String(decoding: payload, as: UTF8.self))
+            throw ConcordError.joinRefused(
+                rank: rank, peer: "the master at \(masterAddress)", reason: String(decoding: payload, as: UTF8.self))
         }
         guard header.kind == .welcome else {
             link.close()
-            throw ConcordError.malformedFrame(rank: rank, peer: "the master at \(masterAddress)", detail: "\(header.kind) in reply to hello")
+            throw ConcordError.malformedFrame(
+                rank: rank, peer: "the master at \(masterAddress)", detail: "\(header.kind) in reply to hello")
         }
     }
 
@@ -179,9 +189,11 @@ final class StoreClient: Store {
         if !replies.isEmpty { return replies.removeFirst() }
         if let failure = link.failure {
             if case .protocolVersion = failure { throw failure }
-            throw ConcordError.masterUnreachable(rank: rank, address: masterAddress, seconds: joinSeconds, reason: "\(failure)")
+            throw ConcordError.masterUnreachable(
+                rank: rank, address: masterAddress, seconds: joinSeconds, reason: "\(failure)")
         }
-        throw ConcordError.masterUnreachable(rank: rank, address: masterAddress, seconds: joinSeconds, reason: "the master stopped answering")
+        throw ConcordError.masterUnreachable(
+            rank: rank, address: masterAddress, seconds: joinSeconds, reason: "the master stopped answering")
     }
 
     func set(_ key: String, _ value: String, deadline: Deadline) throws {
@@ -189,7 +201,8 @@ final class StoreClient: Store {
         link.write(FrameHeader(kind: .storeSet, sender: rank, payloadLength: payload.count), control: payload)
         let (header, _) = try awaitReply(deadline: deadline, joinSeconds: deadline.remainingSeconds)
         guard header.kind == .storeOK else {
-            throw ConcordError.malformedFrame(rank: rank, peer: "the master at \(masterAddress)", detail: "\(header.kind) in reply to a set")
+            throw ConcordError.malformedFrame(
+                rank: rank, peer: "the master at \(masterAddress)", detail: "\(header.kind) in reply to a set")
         }
     }
 
@@ -198,12 +211,14 @@ final class StoreClient: Store {
         let payload = Array((["\(ms)"] + keys).joined(separator: "\n").utf8)
         link.write(FrameHeader(kind: .storeWait, sender: rank, payloadLength: payload.count), control: payload)
         let (header, reply) = try awaitReply(deadline: deadline, joinSeconds: deadline.remainingSeconds)
-        let lines = String(decoding: reply, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let lines = String(decoding: reply, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map(
+            String.init)
         switch header.kind {
         case .storeValues where lines.count == keys.count: return lines
         case .storeMissing: throw onTimeout(lines.filter { !$0.isEmpty })
         default:
-            throw ConcordError.malformedFrame(rank: rank, peer: "the master at \(masterAddress)", detail: "\(header.kind) in reply to a wait")
+            throw ConcordError.malformedFrame(
+                rank: rank, peer: "the master at \(masterAddress)", detail: "\(header.kind) in reply to a wait")
         }
     }
 

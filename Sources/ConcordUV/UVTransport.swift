@@ -96,7 +96,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private func join() throws {
         let deadline = Deadline.after(seconds: options.joinTimeout)
         if options.hostsStore {
-            store = try StoreServer(loop: loop, rank: rank, worldSize: worldSize, host: options.listenHost, port: options.masterPort)
+            store = try StoreServer(
+                loop: loop, rank: rank, worldSize: worldSize, host: options.listenHost, port: options.masterPort)
         }
         let listener = try Listener(
             loop: loop, rank: rank, host: options.listenHost, port: options.listenPort,
@@ -131,14 +132,18 @@ public final class UVTransport: Transport, @unchecked Sendable {
         }
         earlyHellos.removeAll()
 
-        let rightRank = (rank + 1) % worldSize, leftRank = (rank + worldSize - 1) % worldSize
+        let rightRank = (rank + 1) % worldSize
+        let leftRank = (rank + worldSize - 1) % worldSize
         guard let (rightHost, rightPort) = SocketAddress.split(values[1 + rightRank]) else {
-            throw ConcordError.malformedFrame(rank: rank, peer: "the master", detail: "bad address '\(values[1 + rightRank])' for rank \(rightRank)")
+            throw ConcordError.malformedFrame(
+                rank: rank, peer: "the master", detail: "bad address '\(values[1 + rightRank])' for rank \(rightRank)")
         }
         let rightLink = try Connector.connect(
             loop: loop, rank: rank, to: SocketAddress(host: rightHost, port: rightPort), deadline: deadline
         ) { [rank, options] last in
-            .peerLost(rank: rank, peer: rightRank, reason: "could not connect to it at \(rightHost):\(rightPort) within \(options.joinTimeout) s: \(last)")
+            .peerLost(
+                rank: rank, peer: rightRank,
+                reason: "could not connect to it at \(rightHost):\(rightPort) within \(options.joinTimeout) s: \(last)")
         }
         rightLink.peerRank = rightRank
         rightLink.delegate = self
@@ -150,7 +155,10 @@ public final class UVTransport: Transport, @unchecked Sendable {
             control: ControlText.encode([("rank", "\(rank)"), ("world", "\(worldSize)"), ("session", session)]))
 
         loop.run(
-            until: { (self.welcomed && self.left != nil) || self.refusal != nil || self.joinProblem != nil || rightLink.failure != nil },
+            until: {
+                (self.welcomed && self.left != nil) || self.refusal != nil || self.joinProblem != nil
+                    || rightLink.failure != nil
+            },
             deadline: deadline)
         if let problem = joinProblem { throw problem }
         if let refusal { throw ConcordError.joinRefused(rank: rank, peer: "rank \(rightRank)", reason: refusal) }
@@ -184,7 +192,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
 
     private func link(receivingFrom peer: Int) -> PeerLink {
         guard let left, left.peerRank == peer else {
-            preconditionFailure("rank \(rank): UVTransport receives only from its left neighbour, not from rank \(peer)")
+            preconditionFailure(
+                "rank \(rank): UVTransport receives only from its left neighbour, not from rank \(peer)")
         }
         return left
     }
@@ -241,8 +250,13 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private func fail(_ error: ConcordError) {
         guard failure == nil else { return }
         failure = error
-        let origin: Int, reason: String
-        if case let .aborted(_, by, text) = error { (origin, reason) = (by, text) } else { (origin, reason) = (rank, error.description) }
+        let origin: Int
+        let reason: String
+        if case .aborted(_, let by, let text) = error {
+            (origin, reason) = (by, text)
+        } else {
+            (origin, reason) = (rank, error.description)
+        }
         let payload = ControlText.encode([("origin", "\(origin)"), ("reason", reason)])
         for link in [left, right].compactMap({ $0 }) where link.failure == nil {
             link.write(FrameHeader(kind: .abort, sender: rank), control: payload)
@@ -253,7 +267,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
     /// which cancels every write still pointing into a caller's buffer before the error reaches the caller.
     private func quiesce() {
         let links = [left, right].compactMap { $0 }
-        loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 || $0.failure != nil } }, deadline: .after(seconds: 1))
+        loop.run(
+            until: { links.allSatisfy { $0.pendingWrites == 0 || $0.failure != nil } }, deadline: .after(seconds: 1))
         for link in links { link.close() }
         loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 } }, deadline: .after(seconds: 1))
         outstanding.removeAll()
@@ -269,9 +284,12 @@ public final class UVTransport: Transport, @unchecked Sendable {
                 link.write(FrameHeader(kind: .heartbeat, sender: rank))
             }
             if !link.isParked && now - link.lastHeard > silence {
-                link.fail(.peerLost(
-                    rank: rank, peer: link.peerRank ?? -1,
-                    reason: "nothing heard for \(options.peerTimeout) s: the process hangs or the network is partitioned"))
+                link.fail(
+                    .peerLost(
+                        rank: rank, peer: link.peerRank ?? -1,
+                        reason:
+                            "nothing heard for \(options.peerTimeout) s: the process hangs or the network is partitioned"
+                    ))
             }
         }
     }
@@ -284,7 +302,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
         isClosed = true
         let links = [left, right].compactMap { $0 }
         for link in links where link.failure == nil { link.write(FrameHeader(kind: .bye, sender: rank)) }
-        loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 || $0.failure != nil } }, deadline: .after(seconds: 1))
+        loop.run(
+            until: { links.allSatisfy { $0.pendingWrites == 0 || $0.failure != nil } }, deadline: .after(seconds: 1))
         tearDown()
     }
 
@@ -317,7 +336,8 @@ extension UVTransport: PeerLinkDelegate {
             } else if fields["world"] != "\(worldSize)" {
                 reason = "it was started with world size \(fields["world"] ?? "?"), rank \(rank) with \(worldSize)"
             } else if fields["rank"] != "\(leftRank)" || left != nil {
-                reason = "rank \(rank) accepts only rank \(leftRank) as its left neighbour, not rank \(fields["rank"] ?? "?")"
+                reason =
+                    "rank \(rank) accepts only rank \(leftRank) as its left neighbour, not rank \(fields["rank"] ?? "?")"
             } else {
                 reason = nil
             }
@@ -341,7 +361,9 @@ extension UVTransport: PeerLinkDelegate {
         case .bye:
             link.peerSaidBye = true
         default:
-            link.fail(.malformedFrame(rank: rank, peer: link.peerLabel, detail: "unexpected \(header.kind) frame on a ring connection"))
+            link.fail(
+                .malformedFrame(
+                    rank: rank, peer: link.peerLabel, detail: "unexpected \(header.kind) frame on a ring connection"))
         }
     }
 

@@ -7,7 +7,9 @@ import Testing
 @Suite("Ring all-reduce on the in-memory transport")
 struct InMemoryAllReduceTests {
     /// Runs an all-reduce of `counts[rank]` elements on every rank; returns each rank's result or error.
-    static func allReduce(ranks n: Int, counts: [Int], segmentBytes: Int, sequence: UInt64 = 1) -> [Result<[Float], any Error>] {
+    static func allReduce(ranks n: Int, counts: [Int], segmentBytes: Int, sequence: UInt64 = 1) -> [Result<
+        [Float], any Error
+    >] {
         let world = InMemoryWorld(worldSize: n, timeout: 20)
         return withRanks(n, seconds: 60) { rank in
             var data = (0..<counts[rank]).map { distinctValue(rank: rank, index: $0) }
@@ -23,11 +25,14 @@ struct InMemoryAllReduceTests {
     static func check(_ results: [Result<[Float], any Error>], ranks n: Int, count: Int) {
         for (rank, result) in results.enumerated() {
             switch result {
-            case let .success(data):
+            case .success(let data):
                 #expect(data.count == count)
                 let wrong = (0..<count).filter { data[$0] != distinctSum(worldSize: n, index: $0) }
-                #expect(wrong.isEmpty, "ranks \(n) count \(count): rank \(rank) has \(wrong.count) wrong values, first at \(wrong.first ?? -1)")
-            case let .failure(error):
+                #expect(
+                    wrong.isEmpty,
+                    "ranks \(n) count \(count): rank \(rank) has \(wrong.count) wrong values, first at \(wrong.first ?? -1)"
+                )
+            case .failure(let error):
                 Issue.record("ranks \(n) count \(count): rank \(rank) failed: \(error)")
             }
         }
@@ -53,7 +58,7 @@ struct InMemoryAllReduceTests {
     func countMismatch() {
         let results = Self.allReduce(ranks: 3, counts: [100, 100, 99], segmentBytes: 1 << 20)
         let errors = results.compactMap { result -> ConcordError? in
-            if case let .failure(error) = result { return error as? ConcordError }
+            if case .failure(let error) = result { return error as? ConcordError }
             return nil
         }
         #expect(errors.count == 3, "every rank must fail, got \(results)")
@@ -91,7 +96,8 @@ struct ReduceKernelTests {
                 destination.withUnsafeMutableBufferPointer { d in
                     source.withUnsafeBufferPointer { s in
                         ReduceKernels.reducer(op: .sum, dataType: .float32).combine(
-                            UnsafeMutableRawPointer(d.baseAddress! + offset), UnsafeRawPointer(s.baseAddress! + offset), length)
+                            UnsafeMutableRawPointer(d.baseAddress! + offset), UnsafeRawPointer(s.baseAddress! + offset),
+                            length)
                     }
                 }
                 #expect(Array(destination[offset...]) == expected, "length \(length) offset \(offset)")

@@ -51,7 +51,8 @@ struct RingScheduleTests {
                 let order = plans[r].wireOrder(phases: 2)
                 #expect(order == plans[(r + 1) % n].wireOrder(phases: 2))
                 for u in order {
-                    let mine = plans[r].unit(u), theirs = plans[(r + 1) % n].unit(u)
+                    let mine = plans[r].unit(u)
+                    let theirs = plans[(r + 1) % n].unit(u)
                     #expect(mine.send == theirs.receive, "n=\(n) count=\(count) rank \(r) unit \(u)")
                     if mine.segment == 0 { sentChunks.append(plans[r].sendChunk(mine.phase, step: mine.step)) }
                 }
@@ -60,7 +61,9 @@ struct RingScheduleTests {
         }
     }
 
-    @Test("the wire order is a permutation in which every send's dependency was received one wave earlier", arguments: 1...16)
+    @Test(
+        "the wire order is a permutation in which every send's dependency was received one wave earlier",
+        arguments: 1...16)
     func wireOrder(worldSize n: Int) {
         for count in Self.counts + [100_000] {
             for phases in [1, 2] {
@@ -90,7 +93,9 @@ struct RingScheduleTests {
         #expect(bySize.segmentsPerChunk == (1 << 19 + 999) / 1000)
     }
 
-    @Test("reduce-scatter leaves chunk r+1 complete on rank r; all-gather delivers every other chunk once", arguments: 1...16)
+    @Test(
+        "reduce-scatter leaves chunk r+1 complete on rank r; all-gather delivers every other chunk once",
+        arguments: 1...16)
     func phasesDeliverEverything(worldSize n: Int) {
         for r in 0..<n {
             let plan = RingSchedule(worldSize: n, rank: r, count: 1000, segmentElements: 1000)

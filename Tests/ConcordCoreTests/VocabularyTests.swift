@@ -3,7 +3,8 @@ import Testing
 
 @Suite("Core vocabulary")
 struct VocabularyTests {
-    let tag = SegmentTag(collective: .allReduce, sequence: 4, dataType: .float32, op: .sum, count: 100, offset: 25, length: 25)
+    let tag = SegmentTag(
+        collective: .allReduce, sequence: 4, dataType: .float32, op: .sum, count: 100, offset: 25, length: 25)
 
     @Test("a matching tag passes")
     func matching() throws {
@@ -14,7 +15,10 @@ struct VocabularyTests {
     func mismatches() {
         var other = tag
         other.count = 99
-        #expect(throws: ConcordError.mismatch(rank: 1, peer: 0, what: "element count", local: "100 elements", remote: "99 elements")) {
+        #expect(
+            throws: ConcordError.mismatch(
+                rank: 1, peer: 0, what: "element count", local: "100 elements", remote: "99 elements")
+        ) {
             try tag.check(received: other, rank: 1, peer: 0)
         }
         other = tag
@@ -22,7 +26,9 @@ struct VocabularyTests {
         #expect(throws: ConcordError.self) { try tag.check(received: other, rank: 1, peer: 0) }
         other = tag
         other.collective = .barrier
-        #expect(throws: ConcordError.mismatch(rank: 1, peer: 0, what: "collective", local: "allReduce", remote: "barrier")) {
+        #expect(
+            throws: ConcordError.mismatch(rank: 1, peer: 0, what: "collective", local: "allReduce", remote: "barrier")
+        ) {
             try tag.check(received: other, rank: 1, peer: 0)
         }
         other = tag
@@ -51,7 +57,8 @@ struct VocabularyTests {
 
     @Test("deadlines order and expire")
     func deadlines() {
-        let soon = Deadline.after(seconds: 0), later = Deadline.after(seconds: 100)
+        let soon = Deadline.after(seconds: 0)
+        let later = Deadline.after(seconds: 100)
         #expect(soon < later && later < .never)
         #expect(soon.hasPassed && !later.hasPassed && !Deadline.never.hasPassed)
         #expect(later.remainingSeconds > 99 && later.remainingSeconds <= 100)

@@ -13,7 +13,10 @@ struct ProcessTests {
     func benchUnderLauncher() throws {
         let child = try ChildProcess(
             try Self.executable("concord"),
-            ["run", "-n", "4", "--", try Self.executable("concord-bench"), "allreduce", "-b", "4", "-e", "4M", "-f", "4", "-n", "2", "-w", "1", "-c", "1"])
+            [
+                "run", "-n", "4", "--", try Self.executable("concord-bench"), "allreduce", "-b", "4", "-e", "4M", "-f",
+                "4", "-n", "2", "-w", "1", "-c", "1",
+            ])
         defer { child.kill() }
         #expect(child.wait(seconds: 240), "the run did not finish in 240 s")
         let out = child.stdout
@@ -36,7 +39,10 @@ struct ProcessTests {
         let ranks = try (0..<3).map { rank in
             try ChildProcess(
                 bench, ["allreduce", "-b", "1M", "-e", "1M", "-n", "100000", "-w", "0", "-c", "0"],
-                environment: ["CONCORD_RANK": "\(rank)", "CONCORD_WORLD_SIZE": "3", "CONCORD_MASTER_PORT": "\(port)", "CONCORD_PEER_TIMEOUT": "\(peerTimeout)"])
+                environment: [
+                    "CONCORD_RANK": "\(rank)", "CONCORD_WORLD_SIZE": "3", "CONCORD_MASTER_PORT": "\(port)",
+                    "CONCORD_PEER_TIMEOUT": "\(peerTimeout)",
+                ])
         }
         defer { ranks.forEach { $0.kill() } }
         Thread.sleep(forTimeInterval: 3)
@@ -44,12 +50,17 @@ struct ProcessTests {
         harm(ranks[1])
         let start = Date()
         for rank in [0, 2] {
-            #expect(ranks[rank].wait(seconds: seconds + 5), "rank \(rank) still runs \(seconds + 5) s after rank 1 was harmed")
+            #expect(
+                ranks[rank].wait(seconds: seconds + 5),
+                "rank \(rank) still runs \(seconds + 5) s after rank 1 was harmed")
         }
         #expect(Date().timeIntervalSince(start) < seconds)
         for rank in [0, 2] {
             let status = ranks[rank].exitStatus
-            #expect(status != nil && status != 0, "rank \(rank) status \(String(describing: status)), signal \(String(describing: ranks[rank].terminatingSignal))")
+            #expect(
+                status != nil && status != 0,
+                "rank \(rank) status \(String(describing: status)), signal \(String(describing: ranks[rank].terminatingSignal))"
+            )
             let err = ranks[rank].stderr
             #expect(err.contains("rank \(rank)") && err.contains("rank 1"), "rank \(rank) said: \(err)")
         }

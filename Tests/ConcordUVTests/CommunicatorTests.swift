@@ -11,7 +11,7 @@ struct CommunicatorTests {
     }
 
     static func failure(_ result: Result<some Any, any Error>) -> ConcordError? {
-        if case let .failure(error) = result { return error as? ConcordError }
+        if case .failure(let error) = result { return error as? ConcordError }
         return nil
     }
 
@@ -44,7 +44,8 @@ struct CommunicatorTests {
         try await withThrowingTaskGroup(of: [Float].self) { group in
             for rank in 0..<2 {
                 group.addTask {
-                    let comm = try await Communicator(configuration: Self.configuration(rank: rank, worldSize: 2, port: port))
+                    let comm = try await Communicator(
+                        configuration: Self.configuration(rank: rank, worldSize: 2, port: port))
                     var data = (0..<1001).map { distinctValue(rank: rank, index: $0) }
                     try await comm.allReduce(&data, op: .sum)
                     nonisolated(unsafe) let raw = UnsafeMutableBufferPointer<Float>.allocate(capacity: 17)
@@ -103,11 +104,13 @@ struct CommunicatorTests {
         let (holder, port) = RawSocket.listen()
         defer { holder.close() }
         do {
-            _ = try Communicator(blockingConfiguration: Self.configuration(rank: 0, worldSize: 2, port: port, joinTimeout: 5))
+            _ = try Communicator(
+                blockingConfiguration: Self.configuration(rank: 0, worldSize: 2, port: port, joinTimeout: 5))
             Issue.record("joined on a taken port")
         } catch {
             let text = "\(error)"
-            #expect(text.contains("rank 0") && text.contains("in use") && text.contains("CONCORD_MASTER_PORT"), "\(text)")
+            #expect(
+                text.contains("rank 0") && text.contains("in use") && text.contains("CONCORD_MASTER_PORT"), "\(text)")
             #expect(!text.contains("\n"))
         }
     }
@@ -117,11 +120,14 @@ struct CommunicatorTests {
         let port = freeTCPPort()
         let start = Date()
         do {
-            _ = try Communicator(blockingConfiguration: Self.configuration(rank: 1, worldSize: 2, port: port, joinTimeout: 1))
+            _ = try Communicator(
+                blockingConfiguration: Self.configuration(rank: 1, worldSize: 2, port: port, joinTimeout: 1))
             Issue.record("joined without a master")
         } catch {
             let text = "\(error)"
-            #expect(text.contains("rank 1") && text.contains("cannot reach the master") && text.contains("127.0.0.1:\(port)"), "\(text)")
+            #expect(
+                text.contains("rank 1") && text.contains("cannot reach the master")
+                    && text.contains("127.0.0.1:\(port)"), "\(text)")
         }
         #expect(Date().timeIntervalSince(start) < 10)
     }
@@ -131,7 +137,8 @@ struct CommunicatorTests {
         let port = freeTCPPort()
         let results = withRanks(2, seconds: 30) { rank -> String in
             do {
-                _ = try Communicator(blockingConfiguration: Self.configuration(rank: rank, worldSize: 3, port: port, joinTimeout: 2))
+                _ = try Communicator(
+                    blockingConfiguration: Self.configuration(rank: rank, worldSize: 3, port: port, joinTimeout: 2))
                 return "joined"
             } catch {
                 return "\(error)"
@@ -160,7 +167,8 @@ struct CommunicatorTests {
         }
         fake.start()
         do {
-            _ = try Communicator(blockingConfiguration: Self.configuration(rank: 1, worldSize: 2, port: port, joinTimeout: 5))
+            _ = try Communicator(
+                blockingConfiguration: Self.configuration(rank: 1, worldSize: 2, port: port, joinTimeout: 5))
             Issue.record("joined a master of another version")
         } catch {
             #expect("\(error)".contains("protocol v99") && "\(error)".contains("v1"), "\(error)")
@@ -173,7 +181,8 @@ struct CommunicatorTests {
         let results = withRanks(2, seconds: 30) { rank -> String in
             if rank == 0 {
                 do {
-                    _ = try Communicator(blockingConfiguration: Self.configuration(rank: 0, worldSize: 2, port: port, joinTimeout: 20))
+                    _ = try Communicator(
+                        blockingConfiguration: Self.configuration(rank: 0, worldSize: 2, port: port, joinTimeout: 20))
                     return "joined"
                 } catch {
                     return "\(error)"

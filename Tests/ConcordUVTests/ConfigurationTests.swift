@@ -17,12 +17,22 @@ struct ConfigurationTests {
 
     @Test("torchrun, SLURM and Open MPI variables are fallbacks, in that order")
     func fallbacks() throws {
-        let torch = try Configuration(environment: ["RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "123", "SLURM_PROCID": "0", "SLURM_NTASKS": "8"])
-        #expect(torch.rank == 1 && torch.worldSize == 3 && torch.masterAddress == "h" && torch.masterPort == 123 && torch.source == "torchrun")
-        let slurm = try Configuration(environment: ["SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "2"])
+        let torch = try Configuration(environment: [
+            "RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "123",
+            "SLURM_PROCID": "0", "SLURM_NTASKS": "8",
+        ])
+        #expect(
+            torch.rank == 1 && torch.worldSize == 3 && torch.masterAddress == "h" && torch.masterPort == 123
+                && torch.source == "torchrun")
+        let slurm = try Configuration(environment: [
+            "SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "OMPI_COMM_WORLD_RANK": "0",
+            "OMPI_COMM_WORLD_SIZE": "2",
+        ])
         #expect(slurm.rank == 5 && slurm.worldSize == 8 && slurm.localRank == 1 && slurm.source == "SLURM")
         #expect(slurm.masterAddress == "127.0.0.1" && slurm.masterPort == Configuration.defaultMasterPort)
-        let mpi = try Configuration(environment: ["OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1"])
+        let mpi = try Configuration(environment: [
+            "OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+        ])
         #expect(mpi.rank == 3 && mpi.worldSize == 4 && mpi.localRank == 1 && mpi.source == "Open MPI")
         let alone = try Configuration(environment: [:])
         #expect(alone.rank == 0 && alone.worldSize == 1)

@@ -19,7 +19,9 @@ struct FrameHeaderTests {
 
     @Test("a data header round-trips every field and its tag")
     func roundTrip() throws {
-        let tag = SegmentTag(collective: .allReduce, sequence: 1 << 40, dataType: .float32, op: .sum, count: 1_000_003, offset: 500_000, length: 12345)
+        let tag = SegmentTag(
+            collective: .allReduce, sequence: 1 << 40, dataType: .float32, op: .sum, count: 1_000_003, offset: 500_000,
+            length: 12345)
         let header = FrameHeader(data: tag, sender: 3)
         let decoded = try decode(bytes(header))
         #expect(decoded == header)
@@ -51,12 +53,17 @@ struct FrameHeaderTests {
         raw[6] = 200
         #expect(throws: FrameHeader.DecodeError.unknownKind(200)) { try decode(raw) }
         raw = bytes(FrameHeader(kind: .abort, sender: 0, payloadLength: FrameHeader.maxControlPayload + 1))
-        #expect(throws: FrameHeader.DecodeError.oversizedControl(UInt64(FrameHeader.maxControlPayload + 1))) { try decode(raw) }
+        #expect(throws: FrameHeader.DecodeError.oversizedControl(UInt64(FrameHeader.maxControlPayload + 1))) {
+            try decode(raw)
+        }
     }
 
     @Test("a data header whose codes this build does not know has no tag")
     func unknownCodes() throws {
-        var header = FrameHeader(data: SegmentTag(collective: .allReduce, sequence: 0, dataType: .float32, op: .sum, count: 4, offset: 0, length: 4), sender: 0)
+        var header = FrameHeader(
+            data: SegmentTag(
+                collective: .allReduce, sequence: 0, dataType: .float32, op: .sum, count: 4, offset: 0, length: 4),
+            sender: 0)
         header.dataType = 77
         #expect(header.tag == nil)
         header.dataType = DataType.float32.rawValue
