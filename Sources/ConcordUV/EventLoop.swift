@@ -56,7 +56,8 @@ public final class EventLoop: @unchecked Sendable {
                 { timer in
                     Unmanaged<EventLoop>.fromOpaque(timer!.pointee.data).takeUnretainedValue().tick()
                 }, tickMilliseconds, tickMilliseconds), "uv_timer_start", rank: -1)
-        let thread = Thread { [unowned self] in self.main() }
+        // The thread keeps the loop alive until it ends; `main` then drops the loop's reference to it.
+        let thread = Thread { self.main() }
         thread.name = name
         thread.stackSize = 4 << 20
         self.thread = thread
@@ -100,13 +101,14 @@ public final class EventLoop: @unchecked Sendable {
         return pthread_equal(id, pthread_self()) != 0
     }
 
-    /// Asks the thread to close every handle and stop; returns once it has.
+    /// Asks the thread to close every handle and stop after the jobs already queued; returns once it has
+    /// (or at once when called on the loop thread itself, which cannot wait for its own end).
     public func stop() {
         lock.lock()
         stopRequested = true
         lock.unlock()
         uv_async_send(async)
-        finished.wait()
+        if !isLoopThread { finished.wait() }
     }
 
     // MARK: - On the loop thread
@@ -127,6 +129,7 @@ public final class EventLoop: @unchecked Sendable {
             }
         }
         closeEverything()
+        thread = nil
         finished.signal()
     }
 

@@ -150,6 +150,26 @@ struct CommunicatorTests {
         }
     }
 
+    @Test("ranks started with different world sizes are refused at once, naming both sizes")
+    func worldSizeMismatch() {
+        let port = freeTCPPort()
+        let start = Date()
+        let results = withRanks(2, seconds: 30) { rank -> String in
+            do {
+                _ = try Communicator(
+                    blockingConfiguration: Self.configuration(rank: rank, worldSize: rank == 0 ? 2 : 3, port: port))
+                return "joined"
+            } catch {
+                return "\(error)"
+            }
+        }
+        for (rank, result) in results.enumerated() {
+            let text = (try? result.get()) ?? ""
+            #expect(text.contains("rank \(rank)") && text.contains("world size 3") && text.contains("with 2"), "\(text)")
+        }
+        #expect(Date().timeIntervalSince(start) < 10)
+    }
+
     @Test("a master that speaks another protocol version is named as such")
     func masterWithAnotherVersion() throws {
         let (server, port) = RawSocket.listen()
@@ -208,14 +228,18 @@ struct CommunicatorTests {
     @Test("garbage sent to the master is dropped and the job still forms")
     func garbageAtTheMaster() {
         let port = freeTCPPort()
+        let garbageSent = DispatchSemaphore(value: 0)
         let results = withRanks(3, seconds: 60) { rank -> Bool in
             if rank == 2 {
+                // Rank 0's store is up and waiting for rank 1, which joins only after this.
+                defer { garbageSent.signal() }
                 guard let socket = RawSocket.connect(port: port) else { return false }
                 socket.write(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8) + [UInt8](repeating: 0, count: 64))
                 let reply = socket.read(1)
                 socket.close()
                 return reply.isEmpty  // the master hung up on it
             }
+            if rank == 1 { _ = garbageSent.wait(timeout: .now() + 15) }
             let comm = try Communicator(blockingConfiguration: Self.configuration(rank: rank, worldSize: 2, port: port))
             var data: [Float] = [Float(rank), 1]
             try comm.allReduceBlocking(&data)
