@@ -27,14 +27,22 @@ struct AllReduceBench: ParsableCommand {
     @Flag(name: .long, help: "Also measure the raw TCP ring (the physical limit) for each size, interleaved.")
     var rawRing = false
 
+    @Flag(name: .long, help: "Also measure a raw TCP ring whose buffers are as large as the tensor (not in cache).")
+    var rawRingCold = false
+
     func run() throws {
         let comm = joinOrExit()
         if let segment { comm.segmentBytes = segment }
         if let readChunk { comm.reduceChunkBytes = readChunk }
         let n = comm.worldSize
-        let raw = rawRing && n > 1 ? (try? RawRing(comm: comm)) ?? nil : nil
-        if rawRing && n > 1 && raw == nil { fail("could not set up the raw TCP ring") }
-        let table = Table(withRaw: raw != nil)
+        var rings: [(Baseline, RawRing)] = []
+        do {
+            if rawRing && n > 1 { rings.append((.raw, try RawRing(comm: comm))) }
+            if rawRingCold && n > 1 { rings.append((.rawCold, try RawRing(comm: comm, span: sweep.maxBytes))) }
+        } catch {
+            fail("could not set up the raw TCP ring: \(error)")
+        }
+        let table = Table(baselines: rings.map(\.0))
         if comm.rank == 0 {
             emit(
                 "# concord-bench allreduce: \(n) ranks, float32 sum, in place, \(sweep.iterations) iterations after \(sweep.warmup) warm-up, segment \(ByteSize.format(comm.segmentBytes)), read chunk \(ByteSize.format(comm.reduceChunkBytes))"
@@ -63,17 +71,16 @@ struct AllReduceBench: ParsableCommand {
                     wrong = Int(try comm.sumOverRanks(Double(local)))
                     totalWrong += wrong!
                 }
-                var rawBusbw: Double?
-                if let raw {
-                    let linkBytes = max(1, bytes * 2 * (n - 1) / n)
-                    rawBusbw = try raw.measure(
-                        linkBytes: linkBytes, iterations: sweep.iterations, warmup: min(sweep.warmup, 2))
-                }
                 let algbw = seconds > 0 ? Double(bytes) / seconds / 1e9 : 0
-                let row = BenchRow(
+                var row = BenchRow(
                     collective: "allreduce", ranks: n, bytes: bytes, count: count, type: "float", redop: "sum",
                     timeMicroseconds: seconds * 1e6, algbw: algbw, busbw: algbw * 2 * Double(n - 1) / Double(n),
-                    wrong: wrong, rawBusbw: rawBusbw)
+                    wrong: wrong)
+                let linkBytes = max(1, bytes * 2 * (n - 1) / n)
+                for (baseline, ring) in rings {
+                    let rate = try ring.measure(linkBytes: linkBytes, iterations: sweep.iterations, warmup: min(sweep.warmup, 2))
+                    if baseline == .raw { row.rawBusbw = rate } else { row.rawColdBusbw = rate }
+                }
                 rows.append(row)
                 if comm.rank == 0 {
                     emit(table.line(row))
@@ -91,7 +98,7 @@ struct AllReduceBench: ParsableCommand {
                 do { try writeJSON(rows, to: path) } catch { fail("cannot write \(path): \(error)") }
             }
         }
-        raw?.close()
+        for (_, ring) in rings { ring.close() }
         comm.shutdownBlocking()
         if totalWrong != 0 { throw ExitCode(2) }
     }

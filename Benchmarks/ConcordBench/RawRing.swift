@@ -7,6 +7,10 @@
 //
 // `concord-bench rawring` runs it alone; `concord-bench allreduce --raw-ring` interleaves it with
 // all-reduce at every size, so both are measured under the same load in one invocation.
+//
+// The raw ring's buffers stay in cache, which a real collective's cannot: `--raw-ring-cold` adds a
+// second raw ring that writes from and reads into buffers as large as the tensor (1 MiB reads), the
+// limit for any transport that has to move the tensor's own bytes.
 import ArgumentParser
 import Concord
 import Foundation
@@ -54,16 +58,26 @@ final class RawRing: @unchecked Sendable {
     private var sendFD: Int32 = -1
     private var receiveFD: Int32 = -1
     private let writeChunk = 1 << 20
-    private let readChunk = 64 << 10
+    private let readChunk: Int
+    /// Bytes the buffers span: the write and read positions cycle through them.
+    private let span: Int
     private let sendBuffer: UnsafeMutableRawPointer
     private let receiveBuffer: UnsafeMutableRawPointer
+    private let sender: RawSender
 
     /// Listens on loopback, learns the neighbours' ports with one all-reduce, connects right, accepts left.
-    init(comm: Communicator) throws {
+    /// - Parameter span: nil for cache-resident buffers (1 MiB to send from, 64 KiB to read into); else the
+    ///   size of both buffers, read 1 MiB at a time.
+    init(comm: Communicator, span: Int? = nil) throws {
         self.comm = comm
-        sendBuffer = .allocate(byteCount: writeChunk, alignment: 64)
-        sendBuffer.initializeMemory(as: UInt8.self, repeating: 7, count: writeChunk)
-        receiveBuffer = .allocate(byteCount: readChunk, alignment: 64)
+        self.span = span.map { max($0, 1 << 20) } ?? 1 << 20
+        readChunk = span == nil ? 64 << 10 : 1 << 20
+        sendBuffer = .allocate(byteCount: self.span, alignment: 64)
+        sendBuffer.initializeMemory(as: UInt8.self, repeating: 7, count: self.span)
+        let receiveBytes = span == nil ? readChunk : self.span
+        receiveBuffer = .allocate(byteCount: receiveBytes, alignment: 64)
+        receiveBuffer.initializeMemory(as: UInt8.self, repeating: 0, count: receiveBytes)
+        sender = RawSender()
         let listenFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard listenFD >= 0 else { throw RawRingError(description: "socket: \(String(cString: strerror(errno)))") }
         defer { Glibc.close(listenFD) }
@@ -98,6 +112,7 @@ final class RawRing: @unchecked Sendable {
         guard receiveFD >= 0 else { throw RawRingError(description: "accept: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1
         setsockopt(sendFD, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        sender.fd = sendFD
         try comm.barrierBlocking()
     }
 
@@ -111,40 +126,81 @@ final class RawRing: @unchecked Sendable {
         return Double(linkBytes) / seconds / 1e9
     }
 
+    /// Sends `bytes` right while receiving as many from the left. Up to 64 KiB (which fits the socket
+    /// buffers) on this thread, write then read; above, the sender thread writes while this one reads.
     private func stream(_ bytes: Int) throws {
-        let fd = sendFD
-        let chunk = writeChunk
-        nonisolated(unsafe) let source = UnsafeRawPointer(sendBuffer)
-        let done = DispatchSemaphore(value: 0)
-        let senderThread = Thread {
-            var left = bytes
-            while left > 0 {
-                let n = Glibc.write(fd, source, min(left, chunk))
-                if n <= 0 {
-                    if errno == EINTR { continue }
-                    break
-                }
-                left -= n
-            }
-            done.signal()
+        let small = bytes <= 64 << 10
+        if small {
+            sender.write(UnsafeRawPointer(sendBuffer), bytes: bytes, chunk: writeChunk, span: span)
+        } else {
+            sender.start(UnsafeRawPointer(sendBuffer), bytes: bytes, chunk: writeChunk, span: span)
         }
-        senderThread.start()
-        var left = bytes
-        while left > 0 {
-            let n = Glibc.read(receiveFD, receiveBuffer, min(left, readChunk))
+        var done = 0
+        while done < bytes {
+            let at = span == writeChunk ? 0 : done % (span - readChunk + 1)
+            let n = Glibc.read(receiveFD, receiveBuffer + at, min(bytes - done, readChunk))
             if n <= 0 {
                 if n < 0 && errno == EINTR { continue }
-                done.wait()
+                if !small { sender.finish() }
                 throw RawRingError(
                     description: "raw ring read failed: \(n == 0 ? "end of stream" : String(cString: strerror(errno)))")
             }
-            left -= n
+            done += n
         }
-        done.wait()
+        if !small { sender.finish() }
     }
 
     func close() {
+        sender.stop()
         Glibc.close(sendFD)
         Glibc.close(receiveFD)
+    }
+}
+
+/// A thread that writes a requested number of bytes to a socket, so sending and receiving overlap.
+final class RawSender: @unchecked Sendable {
+    var fd: Int32 = -1
+    private let request = DispatchSemaphore(value: 0)
+    private let completed = DispatchSemaphore(value: 0)
+    private var job: (source: UnsafeRawPointer, bytes: Int, chunk: Int, span: Int)?
+    private var thread: Thread?
+
+    /// Writes `bytes` in `chunk`-sized writes from positions cycling through `span` bytes of `source`.
+    func write(_ source: UnsafeRawPointer, bytes: Int, chunk: Int, span: Int) {
+        var done = 0
+        while done < bytes {
+            let n = Glibc.write(fd, source + done % span, min(bytes - done, chunk, span - done % span))
+            if n <= 0 {
+                if n < 0 && errno == EINTR { continue }
+                return
+            }
+            done += n
+        }
+    }
+
+    func start(_ source: UnsafeRawPointer, bytes: Int, chunk: Int, span: Int) {
+        if thread == nil {
+            let thread = Thread { [unowned self] in
+                while true {
+                    request.wait()
+                    guard let job else { return }
+                    write(job.source, bytes: job.bytes, chunk: job.chunk, span: job.span)
+                    completed.signal()
+                }
+            }
+            thread.start()
+            self.thread = thread
+        }
+        job = (source, bytes, chunk, span)
+        request.signal()
+    }
+
+    func finish() { completed.wait() }
+
+    func stop() {
+        guard thread != nil else { return }
+        job = nil
+        request.signal()
+        thread = nil
     }
 }

@@ -14,10 +14,21 @@ struct BenchRow: Codable {
     var wrong: Int?
     /// The raw TCP ring's per-link GB/s for the same bytes per link, when measured in the same run.
     var rawBusbw: Double?
+    /// The same with buffers as large as the tensor (`--raw-ring-cold`).
+    var rawColdBusbw: Double?
+}
+
+/// The baselines a table can show beside Concord's busbw, each with the ratio busbw / baseline.
+enum Baseline: CaseIterable {
+    case raw, rawCold
+
+    var title: String { self == .raw ? "raw ring" : "raw cold" }
+
+    func value(_ row: BenchRow) -> Double? { self == .raw ? row.rawBusbw : row.rawColdBusbw }
 }
 
 struct Table {
-    let withRaw: Bool
+    let baselines: [Baseline]
 
     var header: String {
         var top =
@@ -26,9 +37,9 @@ struct Table {
         var units =
             "#" + pad("(B)", 11) + pad("(elements)", 14) + pad("", 10) + pad("", 8)
             + pad("(us)", 11) + pad("(GB/s)", 9) + pad("(GB/s)", 9) + pad("", 8)
-        if withRaw {
-            top += pad("raw ring", 10) + pad("ratio", 8)
-            units += pad("(GB/s)", 10) + pad("", 8)
+        for baseline in baselines {
+            top += pad(baseline.title, 10) + pad("ratio", 7)
+            units += pad("(GB/s)", 10) + pad("", 7)
         }
         return top + "\n" + units
     }
@@ -39,8 +50,9 @@ struct Table {
             + pad(fixed(row.timeMicroseconds, row.timeMicroseconds < 1e4 ? 1 : 0), 11)
             + pad(fixed(row.algbw, 2), 9) + pad(fixed(row.busbw, 2), 9)
             + pad(row.wrong.map(String.init) ?? "N/A", 8)
-        if withRaw, let raw = row.rawBusbw {
-            text += pad(fixed(raw, 2), 10) + pad(raw > 0 ? fixed(row.busbw / raw, 2) : "-", 8)
+        for baseline in baselines {
+            let raw = baseline.value(row) ?? 0
+            text += pad(fixed(raw, 2), 10) + pad(raw > 0 ? fixed(row.busbw / raw, 2) : "-", 7)
         }
         return text
     }
