@@ -28,8 +28,8 @@ test: deps
 
 # The performance report: Concord next to the raw TCP ring, N = 2 and 4, 4 KiB ... 64 MiB.
 bench: build
-	$(BIN)/concord run -n 2 -- $(BIN)/concord-bench allreduce -b 4K -e 64M -f 4 -n 20 -w 5 -c 1 --raw-ring
-	$(BIN)/concord run -n 4 -- $(BIN)/concord-bench allreduce -b 4K -e 64M -f 4 -n 20 -w 5 -c 1 --raw-ring
+	$(BIN)/concord run -n 2 -- $(BIN)/concord-bench allreduce -b 4K -e 64M -f 4 -n 20 -w 5 -c 1 --raw-ring --raw-ring-cold
+	$(BIN)/concord run -n 4 -- $(BIN)/concord-bench allreduce -b 4K -e 64M -f 4 -n 20 -w 5 -c 1 --raw-ring --raw-ring-cold
 
 # The main job on built-in data: 4 local ranks, a checked all-reduce sweep with the bandwidth table.
 demo: build

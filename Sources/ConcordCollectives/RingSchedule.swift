@@ -5,8 +5,9 @@
 //            Data flows left -> right only.
 //   chunk    the buffer of `count` elements is cut into n contiguous chunks, as equal as possible
 //            (the first count % n chunks get one element more). Chunk c ends up reduced on rank c-1.
-//   segment  each chunk is cut again into k = ceil(largest chunk / segment size) segments, the unit of
-//            a frame on the wire; every chunk has the same k, so all ranks agree on the frame sequence.
+//   segment  each chunk is cut again into k segments, the unit of a frame on the wire: enough that none
+//            exceeds the segment size, and at least `pipelineDepth` when the chunk is large enough;
+//            every chunk has the same k, so all ranks agree on the frame sequence.
 //   step     one round of the ring: every rank sends one chunk to its right and receives one from its left.
 //   unit     (phase, step, segment): the i-th frame a rank sends and the i-th frame it receives.
 //
@@ -20,8 +21,10 @@
 //
 // The chunk a rank sends at unit u+k is the one it received at unit u (in both phases and across the
 // boundary between them): a send waits only for one receive. Units go on the wire in waves along the
-// anti-diagonals of (step, segment) (`wireOrder`), so a segment is forwarded right after it arrives. Each rank sends 2(n-1) chunks, i.e. 2·S·(n-1)/n bytes for a buffer of S
-// bytes, which is optimal for a ring; busbw = algbw · 2(n-1)/n measures exactly that per link.
+// anti-diagonals of (step, segment) (`wireOrder`), so a segment is forwarded right after it arrives.
+//
+// Cost: each rank sends 2(n-1) chunks, i.e. 2·S·(n-1)/n bytes for a buffer of S bytes, which is optimal
+// for a ring; busbw = algbw · 2(n-1)/n measures exactly that per link.
 
 /// One of the two phases of a ring all-reduce.
 public enum RingPhase: Int, Sendable, CaseIterable {
