@@ -157,10 +157,10 @@ public final class UVTransport: Transport, @unchecked Sendable {
         loop.run(
             until: {
                 (self.welcomed && self.left != nil) || self.refusal != nil || self.joinProblem != nil
-                    || rightLink.failure != nil
+                    || rightLink.failure != nil || self.failure != nil
             },
             deadline: deadline)
-        if let problem = joinProblem { throw problem }
+        if let problem = joinProblem ?? failure { throw problem }
         if let refusal { throw ConcordError.joinRefused(rank: rank, peer: "rank \(rightRank)", reason: refusal) }
         if let failure = rightLink.failure { throw failure }
         if !welcomed {
