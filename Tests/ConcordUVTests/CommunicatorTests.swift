@@ -46,6 +46,30 @@ struct CommunicatorTests {
         }
     }
 
+    @Test("a rank that is late to a collective does not make its peer's data pile up in memory")
+    func boundedMemory() {
+        let port = freeTCPPort()
+        let count = 16 << 20  // 64 MiB of floats per rank: rank 0 sends 32 MiB before rank 1 asks for any
+        let resident = ResidentMemory()
+        let results = withRanks(2, seconds: 60) { rank -> Int in
+            let comm = try Communicator(blockingConfiguration: Self.configuration(rank: rank, worldSize: 2, port: port))
+            defer { comm.shutdownBlocking() }
+            var data = [Float](repeating: Float(rank + 1), count: count)
+            try comm.barrierBlocking()
+            if rank == 1 {
+                resident.takeBaseline()
+                Thread.sleep(forTimeInterval: 1.5)  // rank 0 is already streaming its chunk to us
+                resident.sampleGrowth()
+            }
+            try comm.allReduceBlocking(&data)
+            return data.allSatisfy { $0 == 3 } ? 0 : 1
+        }
+        #expect(results.compactMap { try? $0.get() } == [0, 0], "\(results)")
+        // Both buffers were allocated and touched before the barrier; the frames waiting for rank 1 stay
+        // in the kernel's socket buffers (TCP flow control), so this process barely grows meanwhile.
+        #expect(resident.growth < 16 << 20, "grew by \(resident.growth >> 20) MiB while rank 1 was late")
+    }
+
     @Test("the async API reduces arrays and raw buffers")
     func asyncAPI() async throws {
         let port = freeTCPPort()
@@ -221,4 +245,19 @@ struct CommunicatorTests {
             #expect((try? result.get()) == true, "rank \(rank): \(result)")
         }
     }
+}
+
+/// Resident memory of this process, from /proc/self/statm: a baseline, and the growth seen at one moment.
+final class ResidentMemory: @unchecked Sendable {
+    private var baseline = 0
+    private(set) var growth = 0
+
+    func takeBaseline() { baseline = Self.current() }
+
+    static func current() -> Int {
+        let fields = ((try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8)) ?? "").split(separator: " ")
+        return (fields.count > 1 ? Int(fields[1]) ?? 0 : 0) * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    func sampleGrowth() { growth = max(0, Self.current() - baseline) }
 }
