@@ -29,6 +29,8 @@ public enum ConcordError: Error, Sendable, Equatable, CustomStringConvertible {
     case system(rank: Int, call: String, code: Int32, message: String)
     /// The communicator was shut down, or failed earlier and can no longer be used.
     case shutDown(rank: Int)
+    /// A call's arguments cannot work (an op undefined on a dtype, a root out of range, a buffer too small).
+    case invalidArgument(rank: Int, message: String)
 
     public var description: String {
         switch self {
@@ -61,6 +63,8 @@ public enum ConcordError: Error, Sendable, Equatable, CustomStringConvertible {
             return "rank \(rank): \(call) failed: \(message) (\(code))"
         case .shutDown(let rank):
             return "rank \(rank): the communicator is shut down"
+        case .invalidArgument(let rank, let message):
+            return "rank \(rank): \(message)"
         }
     }
 
@@ -70,7 +74,7 @@ public enum ConcordError: Error, Sendable, Equatable, CustomStringConvertible {
         case .peerLost(let rank, _, _), .aborted(let rank, _, _), .mismatch(let rank, _, _, _, _),
             .protocolVersion(let rank, _, _, _), .malformedFrame(let rank, _, _), .joinTimeout(let rank, _, _),
             .masterUnreachable(let rank, _, _, _), .addressInUse(let rank, _, _), .joinRefused(let rank, _, _),
-            .system(let rank, _, _, _), .shutDown(let rank):
+            .system(let rank, _, _, _), .shutDown(let rank), .invalidArgument(let rank, _):
             return rank
         case .invalidConfiguration:
             return nil
