@@ -37,6 +37,7 @@ let package = Package(
             ],
             path: "Benchmarks/ConcordBench"),
         .testTarget(name: "ConcordCoreTests", dependencies: ["ConcordCore"]),
+        .testTarget(name: "ConcordKernelsTests", dependencies: ["ConcordKernels", "ConcordTestSupport"]),
         .testTarget(name: "ConcordCollectivesTests", dependencies: ["ConcordCollectives", "ConcordTestSupport"]),
         .testTarget(name: "ConcordUVTests", dependencies: ["Concord", "ConcordUV", "ConcordTestSupport"]),
         .testTarget(name: "ConcordLauncherTests", dependencies: ["ConcordTestSupport"]),
