@@ -17,8 +17,10 @@ let package = Package(
         .systemLibrary(name: "CLibUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         // Vocabulary: ranks, dtypes, ops, deadlines, errors, frame header, Transport protocol. No Foundation.
         .target(name: "ConcordCore"),
-        // Pure reduce kernels.
-        .target(name: "ConcordKernels", dependencies: ["ConcordCore"]),
+        // The CPU guard: refuses, before main, to run a build made for a newer CPU (-Xcc -march=...).
+        .target(name: "CConcordCPU"),
+        // Pure reduce and convert kernels (SIMD), and the Swift face of the CPU guard.
+        .target(name: "ConcordKernels", dependencies: ["ConcordCore", "CConcordCPU"]),
         // Ring schedule and collectives, written against `Transport`.
         .target(name: "ConcordCollectives", dependencies: ["ConcordKernels", "ConcordCore"]),
         // The libuv transport: loop thread, TCP links, frames, the rendezvous store.
@@ -37,7 +39,7 @@ let package = Package(
             ],
             path: "Benchmarks/ConcordBench"),
         .testTarget(name: "ConcordCoreTests", dependencies: ["ConcordCore"]),
-        .testTarget(name: "ConcordKernelsTests", dependencies: ["ConcordKernels", "ConcordTestSupport"]),
+        .testTarget(name: "ConcordKernelsTests", dependencies: ["ConcordKernels", "CConcordCPU", "ConcordTestSupport"]),
         .testTarget(name: "ConcordCollectivesTests", dependencies: ["ConcordCollectives", "ConcordTestSupport"]),
         .testTarget(name: "ConcordUVTests", dependencies: ["Concord", "ConcordUV", "ConcordTestSupport"]),
         .testTarget(name: "ConcordLauncherTests", dependencies: ["ConcordTestSupport"]),

@@ -18,7 +18,9 @@ struct ConcordBench: ParsableCommand {
             Rank 0 prints a table: size, count, type, redop, time (us), algbw and busbw (GB/s), #wrong.
             busbw = algbw * 2(n-1)/n for all-reduce: the bytes each ring link carries per second.
             """,
-        subcommands: [AllReduceBench.self, RawRingBench.self])
+        subcommands: [
+            AllReduceBench.self, ReduceScatterBench.self, AllGatherBench.self, BroadcastBench.self, ReduceBench.self,
+            RawRingBench.self, KernelsBench.self])
 }
 
 /// The sweep and check flags every benchmark shares (nccl-tests' names).

@@ -124,92 +124,43 @@ public final class Communicator: @unchecked Sendable {
 
     // MARK: - Running work on the loop thread
 
-    /// Runs `body` with the next sequence number on the loop thread; resumes the caller when it ends.
-    private func run(_ body: @escaping @Sendable (UVTransport, UInt64) throws -> Void) async throws {
+    /// One collective call as the loop thread runs it, given the transport, the call's sequence number and
+    /// the segment size.
+    typealias Job = @Sendable (_ transport: UVTransport, _ sequence: UInt64, _ segmentBytes: Int) throws -> Void
+
+    /// Runs `job` with the next sequence number on the loop thread; resumes the caller when it ends.
+    func perform(_ job: @escaping Job) async throws {
         try checkOpen()
+        let segment = segmentBytes
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             loop.submit { [self] in
-                continuation.resume(with: Result { try step(body) })
+                continuation.resume(with: Result { try step(job, segment) })
             }
         }
     }
 
-    private func runBlocking(_ body: @escaping @Sendable (UVTransport, UInt64) throws -> Void) throws {
+    /// Runs `job` on the loop thread and blocks the calling thread until it ends.
+    func performBlocking(_ job: @escaping Job) throws {
         try checkOpen()
         precondition(!loop.isLoopThread, "a blocking collective cannot be called from the communicator's own thread")
-        try loop.call { [self] in try step(body) }
+        let segment = segmentBytes
+        try loop.call { [self] in try step(job, segment) }
     }
 
-    /// On the loop thread.
-    private func step(_ body: (UVTransport, UInt64) throws -> Void) throws {
+    /// On the loop thread. A bad argument fails the communicator on every rank: the other ranks may
+    /// already be waiting for this one's frames.
+    private func step(_ job: Job, _ segment: Int) throws {
         sequence += 1
-        try body(transport, sequence)
+        do {
+            try job(transport, sequence, segment)
+        } catch let error as ConcordError {
+            if case .invalidArgument = error, transport.failure == nil { transport.abort(error) }
+            throw error
+        }
     }
 
     private func checkOpen() throws {
         if stateLock.withLock({ isShutDown }) { throw ConcordError.shutDown(rank: rank) }
-    }
-
-    // MARK: - Collectives
-
-    /// Sums `data` element-wise over all ranks, in place; every rank ends with the same result.
-    ///
-    /// - Parameters:
-    ///   - data: the same number of elements on every rank (any count, including 0).
-    ///   - op: the reduction (`.sum`).
-    /// - Throws: `ConcordError` naming this rank and the peer at fault: `.peerLost`, `.aborted`,
-    ///   `.mismatch` (count, dtype, op or order differ), `.shutDown`.
-    public func allReduce(_ data: inout [Float], op: ReduceOp = .sum) async throws {
-        let box = ArrayBox(&data)
-        defer { box.restore(into: &data) }
-        let segment = segmentBytes
-        try await run { transport, sequence in
-            try box.withBytes { bytes, count in
-                try RingCollectives.allReduce(
-                    bytes, count: count, dataType: .float32, op: op, sequence: sequence, transport: transport,
-                    segmentBytes: segment)
-            }
-        }
-    }
-
-    /// Reduces the memory at `buffer` in place. The memory must stay valid and untouched until the call
-    /// returns.
-    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum) async throws {
-        let raw = SendableBytes(UnsafeMutableRawBufferPointer(buffer))
-        let count = buffer.count
-        let segment = segmentBytes
-        try await run { transport, sequence in
-            try RingCollectives.allReduce(
-                raw.bytes, count: count, dataType: .float32, op: op, sequence: sequence, transport: transport,
-                segmentBytes: segment)
-        }
-    }
-
-    /// Returns once every rank has called `barrier`.
-    public func barrier() async throws {
-        try await run { transport, sequence in try RingCollectives.barrier(sequence: sequence, transport: transport) }
-    }
-
-    /// Blocking `allReduce`, for callers outside Swift concurrency.
-    public func allReduceBlocking(_ data: inout [Float], op: ReduceOp = .sum) throws {
-        try data.withUnsafeMutableBufferPointer { try allReduceBlocking($0, op: op) }
-    }
-
-    /// Blocking `allReduce` on raw memory.
-    public func allReduceBlocking(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp = .sum) throws {
-        let raw = SendableBytes(UnsafeMutableRawBufferPointer(buffer))
-        let count = buffer.count
-        let segment = segmentBytes
-        try runBlocking { transport, sequence in
-            try RingCollectives.allReduce(
-                raw.bytes, count: count, dataType: .float32, op: op, sequence: sequence, transport: transport,
-                segmentBytes: segment)
-        }
-    }
-
-    /// Blocking `barrier`.
-    public func barrierBlocking() throws {
-        try runBlocking { transport, sequence in try RingCollectives.barrier(sequence: sequence, transport: transport) }
     }
 
     /// Says goodbye to the neighbours, closes every socket and stops the loop thread. Idempotent; later
@@ -232,22 +183,4 @@ public final class Communicator: @unchecked Sendable {
     /// Whether the loop closed with no libuv handle left open (checked by tests after `shutdown`).
     package var closedCleanly: Bool { loop.closedCleanly }
     package var leakedHandles: [String] { loop.leakedHandles }
-}
-
-/// Holds an array's storage while a job on the loop thread works on it, so the caller's `inout` array is
-/// never copied: the array is moved in, worked on in place, and moved back.
-private final class ArrayBox: @unchecked Sendable {
-    var array: [Float] = []
-    init(_ data: inout [Float]) { swap(&array, &data) }
-    func restore(into data: inout [Float]) { swap(&array, &data) }
-    func withBytes(_ body: (UnsafeMutableRawBufferPointer, Int) throws -> Void) throws {
-        let count = array.count
-        try array.withUnsafeMutableBytes { try body($0, count) }
-    }
-}
-
-/// Raw memory the caller promised to keep valid for the duration of a call.
-private struct SendableBytes: @unchecked Sendable {
-    let bytes: UnsafeMutableRawBufferPointer
-    init(_ bytes: UnsafeMutableRawBufferPointer) { self.bytes = bytes }
 }

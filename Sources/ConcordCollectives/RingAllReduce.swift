@@ -9,12 +9,24 @@
 // while the segment is still in cache, and the reduction of one segment overlaps the transfer of others.
 //
 // Cost per rank: 2(n-1) chunk sends and receives = 2·S·(n-1)/n bytes each way, (n-1)·S/n element
-// combines, 2(n-1)·k frames. A world of one rank returns at once; a zero-element collective still sends
-// one empty frame per step, so ranks that disagree on the count fail with a clear error instead of hanging.
+// combines, 2(n-1)·k frames; busbw = algbw · 2(n-1)/n. A world of one rank returns at once; a
+// zero-element collective still sends one empty frame per step, so ranks that disagree on the count fail
+// with a clear error instead of hanging.
+//
+// avg: the ring combines as a sum; the rank that owns a chunk at the end of reduce-scatter multiplies
+// each of its segments by 1/n as soon as it is complete, before the all-gather sends it, so every rank
+// ends with the same bits. Out-of-place: the input is copied into the output once, then the output is
+// reduced in place (the copy is the one pass over memory that an out-of-place result needs anyway).
 import ConcordCore
 import ConcordKernels
 
 /// Ring collectives written against `Transport`.
+///
+/// Every collective sends only to `right = rank+1` and receives only from `left = rank-1` (mod n), stamps
+/// each frame with its `CollectiveKind`, `sequence`, dtype, op and `count` (so a rank calling another
+/// collective or other arguments is named in a `ConcordError.mismatch`), and waits for every transfer
+/// before it returns. Arguments that cannot work on any rank (avg on an integer type, a root out of
+/// range) throw `ConcordError.invalidArgument` before any frame is sent, the same on every rank.
 public enum RingCollectives {
     /// Default largest segment: 1 MiB, chosen by `concord-bench allreduce --segment` (see docs/algorithms.md).
     public static let defaultSegmentBytes = 1 << 20
@@ -27,88 +39,118 @@ public enum RingCollectives {
     ///
     /// - Parameters:
     ///   - buffer: at least `count * dataType.size` bytes; the result replaces its first `count` elements.
+    ///   - op: any op; `avg` only on floating-point types.
     ///   - sequence: this collective's number in the communicator's call sequence (same on every rank).
     ///   - segmentBytes: the largest payload of one frame.
-    /// - Throws: the transport's `ConcordError` (peer lost, mismatch, ...). The buffer's content is then
-    ///   unspecified, and the transport holds no reference to it.
+    /// - Throws: `ConcordError.invalidArgument` when `op` is not defined on `dataType`; otherwise the
+    ///   transport's `ConcordError` (peer lost, mismatch, ...). The buffer's content is then unspecified,
+    ///   and the transport holds no reference to it.
     public static func allReduce(
         _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
         sequence: UInt64, transport: Transport, segmentBytes: Int = defaultSegmentBytes
     ) throws {
-        precondition(buffer.count >= count * dataType.size, "buffer holds fewer than \(count) elements")
-        try ring(
-            buffer, count: count, dataType: dataType, op: op, kind: .allReduce, phases: 2,
-            sequence: sequence, transport: transport, segmentBytes: segmentBytes)
+        precondition(count >= 0 && buffer.count >= count * dataType.size, "buffer holds fewer than \(count) elements")
+        try validate(op: op, on: dataType, rank: transport.rank)
+        let n = transport.worldSize
+        if n == 1 { return }
+        let size = dataType.size
+        let plan = RingSchedule(
+            worldSize: n, rank: transport.rank, count: count, segmentElements: segmentElements(segmentBytes, size),
+            pipelineElements: pipelineSegmentBytes / size)
+        let pipeline = RingPipeline(
+            plan: plan, order: plan.wireOrder(), transport: transport, kind: .allReduce, sequence: sequence,
+            dataType: dataType, op: op, count: count)
+        let reducer = ReduceKernels.reducer(op: op, dataType: dataType)
+        let lastReduceStep = plan.stepsPerPhase - 1
+        try pipeline.run(
+            receive: { u in
+                let unit = plan.unit(u)
+                return (slice(buffer, unit.receive, size), unit.phase == .reduceScatter ? reducer : nil)
+            },
+            received: { u in
+                let unit = plan.unit(u)
+                if op == .avg && unit.phase == .reduceScatter && unit.step == lastReduceStep {
+                    scale(slice(buffer, unit.receive, size), count: unit.receive.count, dataType: dataType, n: n)
+                }
+            },
+            send: { u in UnsafeRawBufferPointer(slice(buffer, plan.unit(u).send, size)) })
+    }
+
+    /// Reduces `count` elements of `input` over all ranks into `output`; `input` is not modified.
+    ///
+    /// The input is copied into the output, which is then reduced in place (see `allReduce(_:count:...)`).
+    ///
+    /// - Parameters:
+    ///   - input: at least `count` elements.
+    ///   - output: at least `count` elements; may be `input` itself, but must not overlap it otherwise.
+    /// - Throws: as `allReduce(_:count:...)`.
+    public static func allReduce(
+        input: UnsafeRawBufferPointer, output: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType,
+        op: ReduceOp, sequence: UInt64, transport: Transport, segmentBytes: Int = defaultSegmentBytes
+    ) throws {
+        precondition(count >= 0 && input.count >= count * dataType.size, "input holds fewer than \(count) elements")
+        precondition(output.count >= count * dataType.size, "output holds fewer than \(count) elements")
+        try validate(op: op, on: dataType, rank: transport.rank)
+        copy(count * dataType.size, from: input, to: output)
+        try allReduce(
+            output, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,
+            segmentBytes: segmentBytes)
     }
 
     /// Returns on every rank only after every rank has called it: one reduce-scatter phase of empty
     /// frames, n-1 steps, after which each rank has heard (through its left) from every other rank.
     public static func barrier(sequence: UInt64, transport: Transport) throws {
-        try ring(
-            UnsafeMutableRawBufferPointer(start: nil, count: 0), count: 0, dataType: .float32, op: .sum,
-            kind: .barrier, phases: 1, sequence: sequence, transport: transport,
-            segmentBytes: defaultSegmentBytes)
-    }
-
-    static func ring(
-        _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
-        kind: CollectiveKind, phases: Int, sequence: UInt64, transport: Transport, segmentBytes: Int
-    ) throws {
         let n = transport.worldSize
         if n == 1 { return }
-        let size = dataType.size
         let plan = RingSchedule(
-            worldSize: n, rank: transport.rank, count: count, segmentElements: max(1, segmentBytes / size),
-            pipelineElements: pipelineSegmentBytes / size)
-        let reducer = ReduceKernels.reducer(op: op, dataType: dataType)
-        let k = plan.segmentsPerChunk
-        let total = phases * plan.unitsPerPhase
-        let base = buffer.baseAddress
+            worldSize: n, rank: transport.rank, count: 0, segmentElements: 1, phases: [.reduceScatter])
+        let pipeline = RingPipeline(
+            plan: plan, order: plan.wireOrder(), transport: transport, kind: .barrier, sequence: sequence,
+            dataType: .float32, op: .sum, count: 0)
+        let empty = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        try pipeline.run(receive: { _ in (empty, nil) }, send: { _ in UnsafeRawBufferPointer(empty) })
+    }
 
-        func tag(_ range: Range<Int>) -> SegmentTag {
-            SegmentTag(
-                collective: kind, sequence: sequence, dataType: dataType, op: op, count: count,
-                offset: range.lowerBound, length: range.count)
-        }
-        func bytes(_ range: Range<Int>) -> UnsafeMutableRawBufferPointer {
-            UnsafeMutableRawBufferPointer(start: base.map { $0 + range.lowerBound * size }, count: range.count * size)
-        }
-        func postSend(_ u: Int) throws {
-            let range = plan.unit(u).send
-            _ = try transport.send(to: plan.right, tag: tag(range), from: UnsafeRawBufferPointer(bytes(range)))
-        }
+    // MARK: - Shared by the collectives
 
-        let order = plan.wireOrder(phases: phases)
-        var received = [Bool](repeating: false, count: total)
-        var receives = [TransferID]()
-        receives.reserveCapacity(total)
-        func postReceives(through limit: Int) throws {
-            while receives.count < min(limit, total) {
-                let unit = plan.unit(order[receives.count])
-                receives.append(
-                    try transport.receive(
-                        from: plan.left, tag: tag(unit.receive), into: bytes(unit.receive),
-                        reducer: unit.phase == .reduceScatter ? reducer : nil))
-            }
+    /// Throws the same `invalidArgument` on every rank when `op` is not defined on `dataType`.
+    static func validate(op: ReduceOp, on dataType: DataType, rank: Int) throws {
+        guard op.isSupported(on: dataType) else {
+            throw ConcordError.invalidArgument(
+                rank: rank, message: "\(op) is not defined on \(dataType); use sum and divide")
         }
-        var sent = 0
-        func postReadySends() throws {
-            while sent < total {
-                let u = order[sent]
-                if u >= k && !received[u - k] { return }
-                try postSend(u)
-                sent += 1
-            }
-        }
+    }
 
-        try postReceives(through: receiveWindow)
-        try postReadySends()
-        for p in 0..<total {
-            try transport.wait(receives[p])
-            received[order[p]] = true
-            try postReceives(through: p + 1 + receiveWindow)
-            try postReadySends()
+    /// Throws the same `invalidArgument` on every rank when `root` is not a rank.
+    static func validate(root: Int, transport: Transport) throws {
+        guard (0..<transport.worldSize).contains(root) else {
+            let n = transport.worldSize
+            throw ConcordError.invalidArgument(
+                rank: transport.rank, message: "root \(root) is out of range: ranks are 0..<\(n) (\(n) ranks)")
         }
-        try transport.waitAll()
+    }
+
+    static func segmentElements(_ segmentBytes: Int, _ size: Int) -> Int { max(1, segmentBytes / size) }
+
+    /// The bytes of `elements` of `buffer`, whose element 0 is at byte 0 (empty ranges may have no address).
+    static func slice(_ buffer: UnsafeMutableRawBufferPointer, _ elements: Range<Int>, _ size: Int)
+        -> UnsafeMutableRawBufferPointer
+    {
+        UnsafeMutableRawBufferPointer(
+            start: buffer.baseAddress.map { $0 + elements.lowerBound * size }, count: elements.count * size)
+    }
+
+    /// Copies the first `byteCount` bytes of `source` to `destination` (which may be the same memory).
+    static func copy(
+        _ byteCount: Int, from source: UnsafeRawBufferPointer, to destination: UnsafeMutableRawBufferPointer
+    ) {
+        guard byteCount > 0, source.baseAddress != UnsafeRawPointer(destination.baseAddress) else { return }
+        destination.baseAddress!.copyMemory(from: source.baseAddress!, byteCount: byteCount)
+    }
+
+    /// Finishes avg on `bytes`: multiplies its `count` elements by 1/n.
+    static func scale(_ bytes: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, n: Int) {
+        guard count > 0 else { return }
+        ReduceKernels.scale(bytes.baseAddress!, count: count, dataType: dataType, by: 1 / Double(n))
     }
 }

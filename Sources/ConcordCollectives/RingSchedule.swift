@@ -4,12 +4,19 @@
 //   rank     one member of the group, 0..<n; its *right* is rank+1 and its *left* rank-1 (mod n).
 //            Data flows left -> right only.
 //   chunk    the buffer of `count` elements is cut into n contiguous chunks, as equal as possible
-//            (the first count % n chunks get one element more). Chunk c ends up reduced on rank c-1.
+//            (the first count % n chunks get one element more). Chunk c ends up reduced on rank
+//            c-1-rotation (see *rotation*).
 //   segment  each chunk is cut again into k segments, the unit of a frame on the wire: enough that none
 //            exceeds the segment size, and at least `pipelineDepth` when the chunk is large enough;
 //            every chunk has the same k, so all ranks agree on the frame sequence.
 //   step     one round of the ring: every rank sends one chunk to its right and receives one from its left.
 //   unit     (phase, step, segment): the i-th frame a rank sends and the i-th frame it receives.
+//   rotation a turn of the chunk numbering. With rotation 0 (all-reduce) rank r owns chunk r+1 after
+//            reduce-scatter; reduce-scatter and all-gather use -1, so that rank r owns chunk r, which is
+//            block r of their n·count-element buffers (NCCL's layout).
+//   band     the wire order may take the segments in bands of w columns (see `wireOrder(band:)`), which
+//            bounds how many received segments wait to be forwarded: out-of-place reduce-scatter keeps
+//            them in scratch, so its scratch is a few segments whatever n and the buffer size.
 //
 //        rank0 ──▶ rank1 ──▶ rank2 ──▶ rank3
 //          ▲                              │
@@ -18,6 +25,9 @@
 // Reduce-scatter, steps s = 0..<n-1: rank r sends chunk r-s and receives chunk r-s-1, which it combines
 // into its own copy. After the phase rank r holds chunk r+1 reduced over all ranks.
 // All-gather, steps s = 0..<n-1: rank r sends chunk r+1-s and receives chunk r-s, which it stores.
+// (Chunk numbers as for rotation 0; a rotation ρ adds ρ to every one of them.)
+// A collective runs both phases (all-reduce), or only the first (reduce-scatter, barrier) or the second
+// (all-gather); units are numbered through the phases it runs.
 //
 // The chunk a rank sends at unit u+k is the one it received at unit u (in both phases and across the
 // boundary between them): a send waits only for one receive. Units go on the wire in waves along the
@@ -41,18 +51,33 @@ public struct RingSchedule: Sendable, Equatable {
     /// Segments in every chunk (at least 1, even for empty chunks, so a zero-element collective still
     /// exchanges one frame per step and a rank that disagrees on the count is caught).
     public let segmentsPerChunk: Int
+    /// The phases the collective runs, in order (both for all-reduce).
+    public let phases: [RingPhase]
+    /// The turn of the chunk numbering: after reduce-scatter rank r owns chunk r+1+rotation, and
+    /// all-gather spreads each rank's owned chunk.
+    public let rotation: Int
 
     /// - Parameters:
     ///   - segmentElements: the largest number of elements one segment may carry (at least 1).
     ///   - pipelineElements: chunks of at least `pipelineDepth` times this many elements are cut into at
     ///     least `pipelineDepth` segments, so mid-sized buffers pipeline too (0: only `segmentElements`
     ///     decides).
-    public init(worldSize: Int, rank: Int, count: Int, segmentElements: Int, pipelineElements: Int = 0) {
+    ///   - phases: the phases to run, a non-empty ordered subset of `RingPhase.allCases`.
+    ///   - rotation: see `rotation`; -1 makes rank r own chunk r.
+    public init(
+        worldSize: Int, rank: Int, count: Int, segmentElements: Int, pipelineElements: Int = 0,
+        phases: [RingPhase] = RingPhase.allCases, rotation: Int = 0
+    ) {
         precondition(worldSize >= 1 && (0..<worldSize).contains(rank), "rank \(rank) out of 0..<\(worldSize)")
         precondition(count >= 0 && segmentElements >= 1 && pipelineElements >= 0)
+        precondition(
+            !phases.isEmpty && zip(phases, phases.dropFirst()).allSatisfy { $0.rawValue < $1.rawValue },
+            "phases must be an ordered subset of RingPhase.allCases")
         self.worldSize = worldSize
         self.rank = rank
         self.count = count
+        self.phases = phases
+        self.rotation = rotation
         let largestChunk = (count + worldSize - 1) / worldSize
         let bySize = (largestChunk + segmentElements - 1) / segmentElements
         let forPipeline = pipelineElements > 0 ? min(Self.pipelineDepth, largestChunk / pipelineElements) : 0
@@ -66,6 +91,8 @@ public struct RingSchedule: Sendable, Equatable {
     public var right: Int { (rank + 1) % worldSize }
     /// Steps in one phase.
     public var stepsPerPhase: Int { worldSize - 1 }
+    /// The chunk this rank holds fully reduced after reduce-scatter, and spreads in all-gather.
+    public var ownedChunk: Int { Self.mod(rank + 1 + rotation, worldSize) }
 
     /// The elements of chunk `c` (any integer; taken mod n).
     public func chunk(_ c: Int) -> Range<Int> {
@@ -86,16 +113,16 @@ public struct RingSchedule: Sendable, Equatable {
     /// The chunk this rank sends at `step` of `phase`.
     public func sendChunk(_ phase: RingPhase, step: Int) -> Int {
         switch phase {
-        case .reduceScatter: return Self.mod(rank - step, worldSize)
-        case .allGather: return Self.mod(rank + 1 - step, worldSize)
+        case .reduceScatter: return Self.mod(rank - step + rotation, worldSize)
+        case .allGather: return Self.mod(rank + 1 - step + rotation, worldSize)
         }
     }
 
     /// The chunk this rank receives at `step` of `phase`.
     public func receiveChunk(_ phase: RingPhase, step: Int) -> Int {
         switch phase {
-        case .reduceScatter: return Self.mod(rank - step - 1, worldSize)
-        case .allGather: return Self.mod(rank - step, worldSize)
+        case .reduceScatter: return Self.mod(rank - step - 1 + rotation, worldSize)
+        case .allGather: return Self.mod(rank - step + rotation, worldSize)
         }
     }
 
@@ -110,12 +137,14 @@ public struct RingSchedule: Sendable, Equatable {
 
     /// Units in one phase.
     public var unitsPerPhase: Int { stepsPerPhase * segmentsPerChunk }
+    /// Units in all the phases the collective runs.
+    public var unitCount: Int { phases.count * unitsPerPhase }
 
-    /// Unit `index`, counting from the first unit of reduce-scatter through the end of all-gather.
+    /// Unit `index`, counting from the first unit of the first phase through the end of the last.
     public func unit(_ index: Int) -> Unit {
         let perPhase = unitsPerPhase
-        precondition(index >= 0 && index < 2 * perPhase)
-        let phase: RingPhase = index < perPhase ? .reduceScatter : .allGather
+        precondition(index >= 0 && index < unitCount)
+        let phase = phases[index / perPhase]
         let within = index % perPhase
         let step = within / segmentsPerChunk
         let j = within % segmentsPerChunk
@@ -125,24 +154,35 @@ public struct RingSchedule: Sendable, Equatable {
             receive: segment(j, ofChunk: receiveChunk(phase, step: step)))
     }
 
-    /// The order in which units travel on the wire over `phases` phases: by anti-diagonals of
-    /// (step, segment), i.e. unit (g, j) goes out in wave t = g + j, lower steps first within a wave.
+    /// The order in which units travel on the wire: by anti-diagonals of (step, segment), i.e. unit
+    /// (g, j) goes out in wave t = g + j, lower steps first within a wave (steps count through all phases).
     ///
     /// A unit of step g depends only on the unit (g-1, j) received from the left, which the left sent one
     /// wave earlier, so the ring advances wave by wave; and a segment is sent on right after it was
     /// received and combined, while it is still in cache (in step order it would wait behind all k
     /// segments of the step). Sender and receiver compute the same order, so the i-th frame a rank
     /// sends is the i-th its right neighbour receives.
-    public func wireOrder(phases: Int) -> [Int] {
+    ///
+    /// - Parameter band: with `band` w < k, the segment columns are taken w at a time: all waves of
+    ///   columns 0..<w, then of w..<2w, and so on. A wave then holds at most w units, so at most about
+    ///   2w received segments wait to be forwarded at any time (instead of up to n-1): what bounds the
+    ///   scratch of out-of-place reduce-scatter. Dependencies stay within a column, hence within a band.
+    public func wireOrder(band: Int = .max) -> [Int] {
+        precondition(band >= 1)
         let k = segmentsPerChunk
-        let steps = phases * stepsPerPhase
+        let steps = phases.count * stepsPerPhase
         var order = [Int]()
         order.reserveCapacity(steps * k)
         guard steps > 0 else { return order }
-        for wave in 0..<(k + steps - 1) {
-            for step in max(0, wave - k + 1)...min(wave, steps - 1) {
-                order.append(step * k + wave - step)
+        var first = 0
+        while first < k {
+            let width = min(band, k - first)
+            for wave in 0..<(width + steps - 1) {
+                for step in max(0, wave - width + 1)...min(wave, steps - 1) {
+                    order.append(step * k + first + wave - step)
+                }
             }
+            first += width
         }
         return order
     }

@@ -15,10 +15,12 @@ public struct SegmentTag: Sendable, Equatable, CustomStringConvertible {
     public var offset: Int
     /// Elements in this segment.
     public var length: Int
+    /// The root rank of a rooted collective (broadcast, reduce); nil for the others.
+    public var root: Int?
 
     public init(
         collective: CollectiveKind, sequence: UInt64, dataType: DataType, op: ReduceOp,
-        count: Int, offset: Int, length: Int
+        count: Int, offset: Int, length: Int, root: Int? = nil
     ) {
         self.collective = collective
         self.sequence = sequence
@@ -27,6 +29,7 @@ public struct SegmentTag: Sendable, Equatable, CustomStringConvertible {
         self.count = count
         self.offset = offset
         self.length = length
+        self.root = root
     }
 
     /// Bytes of payload this segment carries.
@@ -49,6 +52,9 @@ public struct SegmentTag: Sendable, Equatable, CustomStringConvertible {
         if received.collective != collective {
             throw fail("collective", "\(collective)", "\(received.collective)")
         }
+        if received.root != root {
+            throw fail("root", root.map { "root \($0)" } ?? "no root", received.root.map { "root \($0)" } ?? "no root")
+        }
         if received.count != count {
             throw fail("element count", "\(count) elements", "\(received.count) elements")
         }
@@ -67,6 +73,7 @@ public struct SegmentTag: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         "\(collective) #\(sequence) \(dataType) \(op) count \(count) segment [\(offset), +\(length))"
+            + (root.map { " root \($0)" } ?? "")
     }
 }
 

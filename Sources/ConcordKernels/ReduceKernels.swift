@@ -1,46 +1,173 @@
-// Reduce kernels: `destination[i] = op(destination[i], source[i])` over raw memory.
+// Reduce kernels: `destination[i] = op(destination[i], source[i])` over raw memory, for every ReduceOp ×
+// DataType, as transports call them on each piece of received data (any whole number of elements, any
+// byte alignment).
 //
-// One dispatch on (op, dtype) picks a kernel; each kernel is a generic loop over `SIMD` vectors
-// (unaligned loads and stores, so any byte offset works) with a scalar tail. They allocate nothing and
-// are memory-bound above L1: a combine touches 3 bytes of traffic per byte of buffer.
+// Design. `reducer(op:dataType:)` is the one dispatch on (op, dtype); it returns a closure that runs one
+// loop of SIMDLoops.swift, instantiated for a concrete vector type and a pair of operations (vector and
+// scalar). Nothing is allocated per call and nothing is decided per element. Above L1 the kernels are
+// memory-bound: a combine moves 3 bytes per byte of buffer (reads destination and source, writes
+// destination), against 2 for memcpy; `concord-bench kernels` measures both in one run.
 //
-// Integer sum and prod wrap (&+, &*), which also lets them vectorize. Half-precision types (float16,
-// bfloat16) widen to float32, combine, and round once. min and max use `replacing(with:where:)`, which
-// vectorizes (SIMD.pointwiseMin does not).
+//   dtype      sum/avg        prod       min / max                      vector
+//   float32    +              *          Swift.min / Swift.max          SIMD16<Float>
+//   float64    +              *          Swift.min / Swift.max          SIMD8<Double>
+//   float16    float32 +, round once     (widen, op, round to nearest even)   SIMD16 → SIMD16<Float>
+//   bfloat16   float32 +, round once     (same; rounding in integer arithmetic)
+//   int8…int64 &+ (wraps)     &* (wraps) Swift.min / Swift.max          64 bytes of lanes
+//
+// Semantics, which the scalar reference in ConcordTestSupport/Fixtures.swift states element by element:
+// - Integer sum and prod wrap around in two's complement (`&+`, `&*`): no trap, no saturation. (`&+` is
+//   also what lets them vectorize: Swift's checked `+` does not.)
+// - float16 and bfloat16 widen to float32 (exactly), combine, and round to the nearest value, ties to even
+//   — once per combine, i.e. once per ring hop. float32 has at least 2p+2 bits for both (p = 11 and 8), so
+//   that double rounding is harmless: each hop is correctly rounded. Error bounds: docs/algorithms.md.
+// - min and max are `Swift.min(d, s)` and `Swift.max(d, s)` lane by lane: `s < d ? s : d` and
+//   `s >= d ? s : d`. A NaN already in the destination stays; a NaN arriving from the source is dropped.
+//   (Vectorized with `replacing(with:where:)`: SIMD.pointwiseMin is scalarized and an order of magnitude
+//   slower.)
+// - `avg` combines as `sum`; `scale(_:count:dataType:by:)` then multiplies by 1/worldSize once.
 import ConcordCore
+internal import CConcordCPU
 
 /// The kernels that combine buffers element by element.
 public enum ReduceKernels {
-    /// The reducer for `op` on `dataType`, as transports call it while bytes arrive. `avg` combines as a
-    /// sum (`scale` finishes it).
+    /// The reducer for `op` on `dataType`, as transports call it while bytes arrive.
+    ///
+    /// `avg` combines as a sum (`scale` finishes it). The returned closure computes
+    /// `destination[i] = op(destination[i], source[i])` for `elements` elements at any byte alignment; the
+    /// destination may be the source itself but must not partly overlap it. It allocates nothing.
+    /// - Parameters:
+    ///   - op: the reduction (`avg` is defined on floating-point types only; callers check
+    ///     `ReduceOp.isSupported(on:)`; here it simply sums).
+    ///   - dataType: the element type.
     public static func reducer(op: ReduceOp, dataType: DataType) -> Reducer {
-        let op = op.combining
-        switch dataType {
-        case .float32: return floating(Float.self, SIMD16<Float>.self, op)
-        case .float64: return floating(Double.self, SIMD8<Double>.self, op)
-        case .int8: return integer(Int8.self, SIMD64<Int8>.self, op)
-        case .uint8: return integer(UInt8.self, SIMD64<UInt8>.self, op)
-        case .int32: return integer(Int32.self, SIMD16<Int32>.self, op)
-        case .int64: return integer(Int64.self, SIMD8<Int64>.self, op)
-        case .float16: return half(op)
-        case .bfloat16: return bfloat(op)
-        }
+        reducer(op: op, dataType: dataType, path: .best)
     }
 
-    /// Multiplies `count` elements by `factor` in place (the last step of `avg`); floating types only.
+    /// The reducer for `op` on `dataType` on a given implementation path (tests and benchmarks compare
+    /// them; `reducer(op:dataType:)` takes the best this machine has).
+    /// - Precondition: `path.isAvailable`.
+    package static func reducer(op: ReduceOp, dataType: DataType, path: KernelPath) -> Reducer {
+        precondition(path.isAvailable, "kernel path \(path) is not available on this CPU")
+        if dataType == .bfloat16 && path == .avx512BF16 {
+            let code = Int32(op.combining.rawValue)
+            return Reducer(elementSize: 2) { concord_bf16_combine_avx512($0, $1, $2, code) }
+        }
+        // Every closure is written for a concrete vector type, so that the concrete (vectorizing) forms of
+        // `&+`, `&*` and the comparisons are chosen. min is `replacing(with: s, where: s .< d)`, i.e.
+        // Swift.min lane by lane; max uses `.>=`, i.e. Swift.max. int8/uint8 min and max use 16-lane
+        // vectors: `replacing(with:where:)` is a lane loop that stays scalar on 64 lanes.
+        let size = dataType.size
+        let kernel: @Sendable (UnsafeMutableRawPointer, UnsafeRawPointer, Int) -> Void
+        switch (dataType, op.combining) {
+        case (.float32, .sum), (.float32, .avg):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Float>.self, { $0 + $1 }, { $0 + $1 }) }
+        case (.float32, .prod):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Float>.self, { $0 * $1 }, { $0 * $1 }) }
+        case (.float32, .min):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Float>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+        case (.float32, .max):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Float>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+
+        case (.float64, .sum), (.float64, .avg):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Double>.self, { $0 + $1 }, { $0 + $1 }) }
+        case (.float64, .prod):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Double>.self, { $0 * $1 }, { $0 * $1 }) }
+        case (.float64, .min):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Double>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+        case (.float64, .max):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Double>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+
+        case (.float16, .sum), (.float16, .avg):
+            kernel = { SIMDLoops.combineWidened($0, $1, $2, Float16Format.self, .sum) }
+        case (.float16, .prod):
+            kernel = { SIMDLoops.combineWidened($0, $1, $2, Float16Format.self, .prod) }
+        case (.float16, .min):
+            kernel = { SIMDLoops.combineWidened($0, $1, $2, Float16Format.self, .min) }
+        case (.float16, .max):
+            kernel = { SIMDLoops.combineWidened($0, $1, $2, Float16Format.self, .max) }
+
+        case (.bfloat16, .sum), (.bfloat16, .avg):
+            kernel = { SIMDLoops.combineWidened($0, $1, $2, BFloat16Format.self, .sum) }
+        case (.bfloat16, .prod):
+            kernel = { SIMDLoops.combineWidened($0, $1, $2, BFloat16Format.self, .prod) }
+        case (.bfloat16, .min):
+            kernel = { SIMDLoops.combineWidened($0, $1, $2, BFloat16Format.self, .min) }
+        case (.bfloat16, .max):
+            kernel = { SIMDLoops.combineWidened($0, $1, $2, BFloat16Format.self, .max) }
+
+        case (.int8, .sum), (.int8, .avg):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD64<Int8>.self, { $0 &+ $1 }, { $0 &+ $1 }) }
+        case (.int8, .prod):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD64<Int8>.self, { $0 &* $1 }, { $0 &* $1 }) }
+        case (.int8, .min):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int8>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+        case (.int8, .max):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int8>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+
+        case (.uint8, .sum), (.uint8, .avg):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD64<UInt8>.self, { $0 &+ $1 }, { $0 &+ $1 }) }
+        case (.uint8, .prod):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD64<UInt8>.self, { $0 &* $1 }, { $0 &* $1 }) }
+        case (.uint8, .min):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<UInt8>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+        case (.uint8, .max):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<UInt8>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+
+        case (.int32, .sum), (.int32, .avg):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int32>.self, { $0 &+ $1 }, { $0 &+ $1 }) }
+        case (.int32, .prod):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int32>.self, { $0 &* $1 }, { $0 &* $1 }) }
+        case (.int32, .min):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int32>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+        case (.int32, .max):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int32>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+
+        case (.int64, .sum), (.int64, .avg):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Int64>.self, { $0 &+ $1 }, { $0 &+ $1 }) }
+        case (.int64, .prod):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Int64>.self, { $0 &* $1 }, { $0 &* $1 }) }
+        case (.int64, .min):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Int64>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+        case (.int64, .max):
+            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Int64>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+        }
+        return Reducer(elementSize: size, combine: kernel)
+    }
+
+    /// Multiplies `count` elements by `factor` in place: the last step of `avg`.
+    ///
+    /// float32 and the half types multiply by `Float(factor)` (halves in float32, rounded once); float64 by
+    /// `factor`. Any byte alignment.
+    /// - Parameters:
+    ///   - buffer: the elements.
+    ///   - count: how many.
+    ///   - dataType: a floating-point type (a precondition).
+    ///   - factor: the multiplier, usually 1/worldSize.
     public static func scale(_ buffer: UnsafeMutableRawPointer, count: Int, dataType: DataType, by factor: Double) {
+        scale(buffer, count: count, dataType: dataType, by: factor, path: .best)
+    }
+
+    /// `scale(_:count:dataType:by:)` on a given implementation path.
+    /// - Precondition: `path.isAvailable`.
+    package static func scale(
+        _ buffer: UnsafeMutableRawPointer, count: Int, dataType: DataType, by factor: Double, path: KernelPath
+    ) {
+        precondition(path.isAvailable, "kernel path \(path) is not available on this CPU")
+        let f = Float(factor)
         switch dataType {
         case .float32:
-            let f = Float(factor)
-            map(buffer.assumingMemoryBound(to: Float.self), count: count, SIMD16<Float>.self, { $0 * f }, { $0 * f })
+            let f16 = SIMD16<Float>(repeating: f)
+            SIMDLoops.map(buffer, count, SIMD16<Float>.self, { $0 * f16 }, { $0 * f })
         case .float64:
-            map(buffer.assumingMemoryBound(to: Double.self), count: count, SIMD8<Double>.self, { $0 * factor }, { $0 * factor })
+            let f8 = SIMD8<Double>(repeating: factor)
+            SIMDLoops.map(buffer, count, SIMD8<Double>.self, { $0 * f8 }, { $0 * factor })
         case .float16:
-            let p = buffer.assumingMemoryBound(to: Float16.self), f = Float(factor)
-            for i in 0..<count { p[i] = Float16(Float(p[i]) * f) }
+            SIMDLoops.scaleWidened(buffer, count, Float16Format.self, by: f)
+        case .bfloat16 where path == .avx512BF16:
+            concord_bf16_scale_avx512(buffer, count, f)
         case .bfloat16:
-            let p = buffer.assumingMemoryBound(to: BFloat16.self), f = Float(factor)
-            for i in 0..<count { p[i] = BFloat16(p[i].floatValue * f) }
+            SIMDLoops.scaleWidened(buffer, count, BFloat16Format.self, by: f)
         case .int8, .uint8, .int32, .int64:
             preconditionFailure("avg is not defined on \(dataType)")
         }
@@ -49,126 +176,8 @@ public enum ReduceKernels {
     /// `destination[i] += source[i]` for `count` floats; the two may be equal but must not partly overlap.
     @inlinable
     public static func sum(into destination: UnsafeMutablePointer<Float>, from source: UnsafePointer<Float>, count: Int) {
-        combine(into: destination, from: source, count: count, vector: SIMD16<Float>.self, { $0 + $1 }, { $0 + $1 })
-    }
-
-    // MARK: - Families
-
-    static func floating<T: BinaryFloatingPoint & SIMDScalar, V: SIMD>(_: T.Type, _: V.Type, _ op: ReduceOp) -> Reducer
-    where V.Scalar == T, V: SIMD, T.SIMDMaskScalar: FixedWidthInteger {
-        let size = MemoryLayout<T>.stride
-        switch op {
-        case .sum, .avg:
-            return Reducer(elementSize: size) { d, s, n in typed(d, s, n, V.self, { $0 + $1 }, { $0 + $1 }) }
-        case .prod:
-            return Reducer(elementSize: size) { d, s, n in typed(d, s, n, V.self, { $0 * $1 }, { $0 * $1 }) }
-        case .min:
-            return Reducer(elementSize: size) { d, s, n in
-                typed(d, s, n, V.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) })
-            }
-        case .max:
-            return Reducer(elementSize: size) { d, s, n in
-                typed(d, s, n, V.self, { $0.replacing(with: $1, where: $1 .> $0) }, { Swift.max($0, $1) })
-            }
-        }
-    }
-
-    static func integer<T: FixedWidthInteger & SIMDScalar, V: SIMD>(_: T.Type, _: V.Type, _ op: ReduceOp) -> Reducer
-    where V.Scalar == T, V: SIMD {
-        let size = MemoryLayout<T>.stride
-        switch op {
-        case .sum, .avg:
-            return Reducer(elementSize: size) { d, s, n in typed(d, s, n, V.self, { $0 &+ $1 }, { $0 &+ $1 }) }
-        case .prod:
-            return Reducer(elementSize: size) { d, s, n in typed(d, s, n, V.self, { $0 &* $1 }, { $0 &* $1 }) }
-        case .min:
-            return Reducer(elementSize: size) { d, s, n in
-                typed(d, s, n, V.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) })
-            }
-        case .max:
-            return Reducer(elementSize: size) { d, s, n in
-                typed(d, s, n, V.self, { $0.replacing(with: $1, where: $1 .> $0) }, { Swift.max($0, $1) })
-            }
-        }
-    }
-
-    static func half(_ op: ReduceOp) -> Reducer {
-        let f = floatOp(op)
-        return Reducer(elementSize: 2) { d, s, n in
-            let dst = d.assumingMemoryBound(to: Float16.self), src = s.assumingMemoryBound(to: Float16.self)
-            for i in 0..<n { dst[i] = Float16(f(Float(dst[i]), Float(src[i]))) }
-        }
-    }
-
-    static func bfloat(_ op: ReduceOp) -> Reducer {
-        let f = floatOp(op)
-        return Reducer(elementSize: 2) { d, s, n in
-            let dst = d.assumingMemoryBound(to: BFloat16.self), src = s.assumingMemoryBound(to: BFloat16.self)
-            for i in 0..<n { dst[i] = BFloat16(f(dst[i].floatValue, src[i].floatValue)) }
-        }
-    }
-
-    static func floatOp(_ op: ReduceOp) -> @Sendable (Float, Float) -> Float {
-        switch op {
-        case .sum, .avg: return { $0 + $1 }
-        case .prod: return { $0 * $1 }
-        case .min: return { Swift.min($0, $1) }
-        case .max: return { Swift.max($0, $1) }
-        }
-    }
-
-    // MARK: - Loops
-
-    @inline(__always)
-    static func typed<V: SIMD>(
-        _ d: UnsafeMutableRawPointer, _ s: UnsafeRawPointer, _ n: Int, _: V.Type,
-        _ vectorOp: (V, V) -> V, _ scalarOp: (V.Scalar, V.Scalar) -> V.Scalar
-    ) {
-        combine(
-            into: d.assumingMemoryBound(to: V.Scalar.self), from: s.assumingMemoryBound(to: V.Scalar.self), count: n,
-            vector: V.self, vectorOp, scalarOp)
-    }
-
-    /// The shared loop: whole vectors first, then a scalar tail.
-    @inlinable
-    static func combine<V: SIMD>(
-        into destination: UnsafeMutablePointer<V.Scalar>, from source: UnsafePointer<V.Scalar>, count: Int,
-        vector: V.Type, _ vectorOp: (V, V) -> V, _ scalarOp: (V.Scalar, V.Scalar) -> V.Scalar
-    ) {
-        let lanes = V.scalarCount
-        let stride = MemoryLayout<V.Scalar>.stride
-        let d = UnsafeMutableRawPointer(destination)
-        let s = UnsafeRawPointer(source)
-        var i = 0
-        while i + lanes <= count {
-            let a = d.loadUnaligned(fromByteOffset: i * stride, as: V.self)
-            let b = s.loadUnaligned(fromByteOffset: i * stride, as: V.self)
-            d.storeBytes(of: vectorOp(a, b), toByteOffset: i * stride, as: V.self)
-            i += lanes
-        }
-        while i < count {
-            destination[i] = scalarOp(destination[i], source[i])
-            i += 1
-        }
-    }
-
-    /// `buffer[i] = f(buffer[i])`, vectors then a scalar tail.
-    @inline(__always)
-    static func map<V: SIMD>(
-        _ buffer: UnsafeMutablePointer<V.Scalar>, count: Int, _: V.Type, _ vectorOp: (V) -> V,
-        _ scalarOp: (V.Scalar) -> V.Scalar
-    ) {
-        let lanes = V.scalarCount
-        let stride = MemoryLayout<V.Scalar>.stride
-        let p = UnsafeMutableRawPointer(buffer)
-        var i = 0
-        while i + lanes <= count {
-            p.storeBytes(of: vectorOp(p.loadUnaligned(fromByteOffset: i * stride, as: V.self)), toByteOffset: i * stride, as: V.self)
-            i += lanes
-        }
-        while i < count {
-            buffer[i] = scalarOp(buffer[i])
-            i += 1
-        }
+        SIMDLoops.combine(
+            UnsafeMutableRawPointer(destination), UnsafeRawPointer(source), count, SIMD16<Float>.self,
+            { $0 + $1 }, { $0 + $1 })
     }
 }

@@ -27,6 +27,10 @@ public func withRanks<T: Sendable>(
 public struct RankTimedOut: Error, CustomStringConvertible {
     public let rank: Int
     public let seconds: Double
+    public init(rank: Int, seconds: Double) {
+        self.rank = rank
+        self.seconds = seconds
+    }
     public var description: String { "rank \(rank) did not finish within \(seconds) s" }
 }
 

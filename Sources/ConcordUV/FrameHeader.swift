@@ -5,7 +5,7 @@
 //   4  u16 protocol version                       32 u64 offset (elements, of this segment)
 //   6  u8  kind                                   40 u64 payload length (bytes)
 //   7  u8  collective
-//   8  u8  dtype      9 u8 op     10 u16 reserved (0)
+//   8  u8  dtype      9 u8 op     10 u16 root (0xFFFF: none)
 //  12  u32 sender rank (0xFFFFFFFF before it has one)
 //  16  u64 collective sequence number
 import ConcordCore
@@ -49,12 +49,15 @@ struct FrameHeader: Equatable {
     /// Control payloads (everything but data) are small; a larger length is malformed.
     static let maxControlPayload = 64 * 1024
     static let noRank: UInt32 = .max
+    static let noRoot: UInt16 = .max
 
     var version: UInt16 = FrameHeader.protocolVersion
     var kind: FrameKind
     var collective: UInt8 = 0
     var dataType: UInt8 = 0
     var op: UInt8 = 0
+    /// The root of a rooted collective; `noRoot` for the others.
+    var root: UInt16 = FrameHeader.noRoot
     var sender: UInt32 = FrameHeader.noRank
     var sequence: UInt64 = 0
     var count: UInt64 = 0
@@ -73,6 +76,7 @@ struct FrameHeader: Equatable {
         collective = tag.collective.rawValue
         dataType = tag.dataType.rawValue
         op = tag.op.rawValue
+        root = tag.root.map { UInt16(clamping: $0) } ?? Self.noRoot
         sequence = tag.sequence
         count = UInt64(tag.count)
         offset = UInt64(tag.offset)
@@ -86,7 +90,7 @@ struct FrameHeader: Equatable {
         else { return nil }
         return SegmentTag(
             collective: c, sequence: sequence, dataType: d, op: o, count: Int(count), offset: Int(offset),
-            length: Int(payloadLength / UInt64(d.size)))
+            length: Int(payloadLength / UInt64(d.size)), root: root == Self.noRoot ? nil : Int(root))
     }
 
     /// Writes the 48 header bytes at `p`.
@@ -97,7 +101,7 @@ struct FrameHeader: Equatable {
         p.storeBytes(of: collective, toByteOffset: 7, as: UInt8.self)
         p.storeBytes(of: dataType, toByteOffset: 8, as: UInt8.self)
         p.storeBytes(of: op, toByteOffset: 9, as: UInt8.self)
-        p.storeBytes(of: UInt16(0), toByteOffset: 10, as: UInt16.self)
+        p.storeBytes(of: root.littleEndian, toByteOffset: 10, as: UInt16.self)
         p.storeBytes(of: sender.littleEndian, toByteOffset: 12, as: UInt32.self)
         p.storeBytes(of: sequence.littleEndian, toByteOffset: 16, as: UInt64.self)
         p.storeBytes(of: count.littleEndian, toByteOffset: 24, as: UInt64.self)
@@ -126,6 +130,7 @@ struct FrameHeader: Equatable {
         h.collective = p.load(fromByteOffset: 7, as: UInt8.self)
         h.dataType = p.load(fromByteOffset: 8, as: UInt8.self)
         h.op = p.load(fromByteOffset: 9, as: UInt8.self)
+        h.root = UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 10, as: UInt16.self))
         h.sender = UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt32.self))
         h.sequence = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
         h.count = UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt64.self))

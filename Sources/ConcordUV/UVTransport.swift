@@ -247,6 +247,13 @@ public final class UVTransport: Transport, @unchecked Sendable {
 
     // MARK: - Failure
 
+    /// Fails the transport with `error` (raised by this rank, e.g. a bad argument it alone was given) and
+    /// tells both neighbours, so ranks waiting on this one fail too instead of waiting for it.
+    public func abort(_ error: ConcordError) {
+        fail(error)
+        quiesce()
+    }
+
     private func fail(_ error: ConcordError) {
         guard failure == nil else { return }
         failure = error

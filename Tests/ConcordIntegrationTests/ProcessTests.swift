@@ -3,7 +3,7 @@ import Foundation
 import Testing
 
 /// Real processes: the built `concord` launcher and `concord-bench`.
-@Suite("Multi-process runs", .serialized)
+@Suite("Multi-process runs", .serialized, .timeLimit(.minutes(10)))
 struct ProcessTests {
     static func executable(_ name: String) throws -> String {
         try #require(builtExecutable(name), "\(name) is not built (run swift build first)")
@@ -28,6 +28,27 @@ struct ProcessTests {
         for row in rows {
             let columns = row.split(separator: " ")
             #expect(columns.last == "0", "a row with wrong values: \(row)")
+        }
+    }
+
+    @Test(
+        "every concord-bench collective, every dtype and op, in and out of place, finds no wrong value",
+        arguments: ["allreduce", "reducescatter", "allgather", "broadcast", "reduce"])
+    func everyCollective(_ collective: String) throws {
+        for placement in [[], ["--out-of-place", "-r", "2"]] {
+            let child = try ChildProcess(
+                try Self.executable("concord"),
+                ["run", "-n", "3", "--", try Self.executable("concord-bench"), collective, "-b", "6", "-e", "24K",
+                 "-f", "64", "-n", "1", "-w", "0", "-c", "1", "-d", "all", "-o", "all", "--segment", "4K"] + placement)
+            defer { child.kill() }
+            #expect(child.wait(seconds: 240), "\(collective) did not finish in 240 s")
+            #expect(child.exitStatus == 0, "\(collective) \(placement): \(child.stderr)")
+            let out = child.stdout
+            #expect(out.contains("# Out of bounds values : 0 OK"), "\(out)")
+            let rows = out.split(separator: "\n").filter { $0.hasPrefix("[rank 0]") && !$0.contains("#") }
+            // 8 dtypes; reducing collectives sweep 5 ops on floating types and 4 on integers; 3 sizes each.
+            let reducing = collective != "allgather" && collective != "broadcast"
+            #expect(rows.count == (reducing ? 4 * 5 + 4 * 4 : 8) * 3, "\(rows.count) rows: \(out)")
         }
     }
 

@@ -4,7 +4,7 @@ import Foundation
 import Testing
 
 /// Ranks as threads of this process, each with its own Communicator over loopback TCP.
-@Suite("Communicator over libuv TCP", .serialized)
+@Suite("Communicator over libuv TCP", .serialized, .timeLimit(.minutes(5)))
 struct CommunicatorTests {
     static func configuration(rank: Int, worldSize: Int, port: Int, joinTimeout: Double = 20) -> Configuration {
         Configuration(rank: rank, worldSize: worldSize, masterPort: port, joinTimeout: joinTimeout, peerTimeout: 5)
