@@ -3,7 +3,15 @@ SWIFT      ?= swift
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Release builds for benchmarks and the demo: optimized, whole-module (SwiftPM's release default).
 # Architecture flags stay out of Package.swift so the library remains usable as a dependency.
-RELEASE    := -c release
+# ARCH is the target CPU of the release builds (`make build ARCH=...`): x86-64-v3 (AVX2, FMA, F16C: Intel
+# since Haswell, AMD since Excavator) vectorizes the kernels and converts float16 in hardware; `native`
+# tunes for this machine; x86-64 runs anywhere (float16 then costs a library call per element); empty
+# passes no flag (the default off x86-64). `-Xcc -march` reaches both clang and swiftc (`-Xswiftc
+# -target-cpu x86-64-v3` is rejected). A binary run on a CPU without what it was built for exits with one
+# line naming the missing features (Sources/CConcordCPU). Measurements: docs/algorithms.md, Reduce kernels.
+ARCH       ?= $(if $(filter x86_64 amd64,$(shell uname -m)),x86-64-v3,)
+ARCH_FLAGS := $(if $(ARCH),-Xcc -march=$(ARCH))
+RELEASE    := -c release $(ARCH_FLAGS)
 BIN         = $(shell $(SWIFT) build $(RELEASE) --show-bin-path)
 TEST_LIMIT ?= 900
 
@@ -26,8 +34,10 @@ test: deps
 	$(SWIFT) build --build-tests
 	timeout --kill-after=30 $(TEST_LIMIT) $(SWIFT) test --skip-build
 
-# The performance report: Concord next to the raw TCP ring, N = 2 and 4, 4 KiB ... 64 MiB.
+# The performance report: the kernels against memcpy, then Concord next to the raw TCP ring, N = 2 and 4,
+# 4 KiB ... 64 MiB.
 bench: build
+	$(BIN)/concord-bench kernels
 	$(BIN)/concord run -n 2 -- $(BIN)/concord-bench allreduce -b 4K -e 64M -f 4 -n 20 -w 5 -c 1 --raw-ring --raw-ring-cold
 	$(BIN)/concord run -n 4 -- $(BIN)/concord-bench allreduce -b 4K -e 64M -f 4 -n 20 -w 5 -c 1 --raw-ring --raw-ring-cold
 

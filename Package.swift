@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "ConcordTestSupport", dependencies: ["ConcordCore"]),
         .executableTarget(
             name: "ConcordLauncher",
-            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["CConcordCPU", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "ConcordBench",
             dependencies: [

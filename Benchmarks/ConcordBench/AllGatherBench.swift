@@ -29,7 +29,9 @@ struct AllGatherBench: ParsableCommand, BenchedCollective {
     }
 
     /// Rank r's block holds the values rank r has at the block's global indices.
-    static func input<T: TestElement>(_: T.Type, rank: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp) -> T {
+    static func input<T: TestElement>(_: T.Type, rank: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp)
+        -> T
+    {
         Fixture.value(T.self, rank: rank, index: rank * shape.input + index, op: .sum)
     }
 

@@ -36,7 +36,9 @@ struct BroadcastBench: ParsableCommand, BenchedCollective {
         Fixture.value(T.self, rank: root, index: index, op: .sum)
     }
 
-    static func input<T: TestElement>(_: T.Type, rank: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp) -> T {
+    static func input<T: TestElement>(_: T.Type, rank: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp)
+        -> T
+    {
         Fixture.value(T.self, rank: rank, index: index, op: .sum)
     }
 }

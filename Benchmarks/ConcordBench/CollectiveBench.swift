@@ -32,17 +32,21 @@ protocol BenchedCollective {
         _ comm: Communicator, input: UnsafeBufferPointer<T>, output: UnsafeMutableBufferPointer<T>, op: ReduceOp,
         root: Int) throws
     /// The input element `index` of `rank` for a check.
-    static func input<T: TestElement>(_: T.Type, rank: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp) -> T
+    static func input<T: TestElement>(_: T.Type, rank: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp)
+        -> T
     /// The output element `index` that `rank` must hold after the check run, or nil when it is unspecified.
     static func expected<T: TestElement>(
-        _: T.Type, rank: Int, ranks n: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp, root: Int) -> T?
+        _: T.Type, rank: Int, ranks n: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp, root: Int
+    ) -> T?
 }
 
 extension BenchedCollective {
     static var reduces: Bool { true }
     static var rooted: Bool { false }
     static func inPlaceOffsets(shape: (input: Int, output: Int), rank: Int) -> (input: Int, output: Int) { (0, 0) }
-    static func input<T: TestElement>(_: T.Type, rank: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp) -> T {
+    static func input<T: TestElement>(_: T.Type, rank: Int, index: Int, shape: (input: Int, output: Int), op: ReduceOp)
+        -> T
+    {
         Fixture.value(T.self, rank: rank, index: index, op: op)
     }
 }
@@ -68,7 +72,8 @@ struct CollectiveOptions: ParsableArguments {
 
     func validate() throws {
         guard dataType == "all" || DataType(name: dataType) != nil else {
-            throw ValidationError("-d \(dataType): not one of float, double, half, bfloat16, int8, uint8, int32, int64, all")
+            throw ValidationError(
+                "-d \(dataType): not one of float, double, half, bfloat16, int8, uint8, int32, int64, all")
         }
         guard op == "all" || ReduceOp(name: op) != nil else {
             throw ValidationError("-o \(op): not one of sum, prod, min, max, avg, all")
@@ -140,16 +145,20 @@ struct CollectiveDriver<C: BenchedCollective> {
         }
     }
 
-    private func sweepSizes<T: TestElement>(_: T.Type, op: ReduceOp, table: Table, rows: inout [BenchRow]) throws -> Int {
-        let n = comm.worldSize, size = MemoryLayout<T>.stride
+    private func sweepSizes<T: TestElement>(_: T.Type, op: ReduceOp, table: Table, rows: inout [BenchRow]) throws -> Int
+    {
+        let n = comm.worldSize
+        let size = MemoryLayout<T>.stride
         var wrongTotal = 0
         for bytes in sweep.sizes {
             // nccl-tests rounds counts down to what divides evenly among the ranks for the gathering collectives.
             let shape = C.shape(count: bytes / size, ranks: n)
             let count = max(shape.input, shape.output)
             let offsets = options.outOfPlace ? (input: 0, output: 0) : C.inPlaceOffsets(shape: shape, rank: comm.rank)
-            let inputStorage = UnsafeMutableBufferPointer<T>.allocate(capacity: max(1, options.outOfPlace ? shape.input : count))
-            let outputStorage = options.outOfPlace
+            let inputStorage = UnsafeMutableBufferPointer<T>.allocate(
+                capacity: max(1, options.outOfPlace ? shape.input : count))
+            let outputStorage =
+                options.outOfPlace
                 ? UnsafeMutableBufferPointer<T>.allocate(capacity: max(1, shape.output)) : inputStorage
             defer {
                 inputStorage.deallocate()
@@ -157,8 +166,10 @@ struct CollectiveDriver<C: BenchedCollective> {
             }
             inputStorage.initialize(repeating: T(fixture: 1))
             if options.outOfPlace { outputStorage.initialize(repeating: T(fixture: 0)) }
-            let input = UnsafeBufferPointer(rebasing: UnsafeBufferPointer(inputStorage)[offsets.input..<(offsets.input + shape.input)])
-            let output = UnsafeMutableBufferPointer(rebasing: outputStorage[offsets.output..<(offsets.output + shape.output)])
+            let input = UnsafeBufferPointer(
+                rebasing: UnsafeBufferPointer(inputStorage)[offsets.input..<(offsets.input + shape.input)])
+            let output = UnsafeMutableBufferPointer(
+                rebasing: outputStorage[offsets.output..<(offsets.output + shape.output)])
             let call = { try C.run(comm, input: input, output: output, op: op, root: options.root) }
 
             for _ in 0..<sweep.warmup { try call() }
@@ -176,7 +187,8 @@ struct CollectiveDriver<C: BenchedCollective> {
                 try call()
                 var local = 0
                 for i in 0..<shape.output {
-                    if let want = C.expected(T.self, rank: comm.rank, ranks: n, index: i, shape: shape, op: op, root: options.root),
+                    if let want = C.expected(
+                        T.self, rank: comm.rank, ranks: n, index: i, shape: shape, op: op, root: options.root),
                         output[i] != want
                     {
                         local += 1
@@ -192,7 +204,8 @@ struct CollectiveDriver<C: BenchedCollective> {
                 timeMicroseconds: seconds * 1e6, algbw: algbw, busbw: algbw * C.busFactor(ranks: n), wrong: wrong)
             let linkBytes = max(1, Int(Double(count * size) * C.busFactor(ranks: n)))
             for (baseline, ring) in baselines {
-                let rate = try ring.measure(linkBytes: linkBytes, iterations: sweep.iterations, warmup: min(sweep.warmup, 2))
+                let rate = try ring.measure(
+                    linkBytes: linkBytes, iterations: sweep.iterations, warmup: min(sweep.warmup, 2))
                 if baseline == .raw { row.rawBusbw = rate } else { row.rawColdBusbw = rate }
             }
             rows.append(row)

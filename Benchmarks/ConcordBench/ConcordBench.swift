@@ -20,7 +20,8 @@ struct ConcordBench: ParsableCommand {
             """,
         subcommands: [
             AllReduceBench.self, ReduceScatterBench.self, AllGatherBench.self, BroadcastBench.self, ReduceBench.self,
-            RawRingBench.self, KernelsBench.self])
+            RawRingBench.self, KernelsBench.self,
+        ])
 }
 
 /// The sweep and check flags every benchmark shares (nccl-tests' names).

@@ -3,9 +3,10 @@
 //
 // Every row is a kernel on buffers of `size` bytes: a combine (`destination op= source`, each op × dtype),
 // the scaling that finishes `avg`, or a conversion (the float32 side is `size` bytes). Each measurement is
-// the best of several runs, a run repeating the call until it has lasted a minimum time; the memcpy runs
-// are interleaved with the kernel's, and a size's yardstick is the best memcpy seen in its block. Rows of a
-// size are printed when its block is done. Single process: no launcher, no Communicator.
+// the best of several runs, a run repeating the call until it has lasted a minimum time. Every row has its
+// own yardstick: memcpy of `size` bytes between the same two buffers, its runs alternating with the
+// kernel's, so that a change in the machine's load (this VM is shared) moves both. Single process: no
+// launcher, no Communicator.
 import ArgumentParser
 import ConcordCore
 import ConcordKernels
@@ -17,33 +18,37 @@ struct KernelsBench: ParsableCommand {
         abstract: "Reduce and convert kernels on one thread: GB/s of memory traffic, as a fraction of memcpy's.")
 
     @Option(
-        name: .long, help: "Buffer sizes in bytes, comma-separated (K, M, G suffixes).",
+        name: .long, help: "Buffer sizes in bytes, comma-separated (K, M, G suffixes; default 64K,64M).",
         transform: { text in try text.split(separator: ",").map { try ByteSize.parse(String($0)) } })
     var sizes: [Int] = [64 << 10, 64 << 20]
 
-    @Option(name: .customShort("n"), help: "Timed runs per row; the fastest is reported.")
-    var runs: Int = 5
+    @Option(name: .customShort("n"), help: "Timed runs per row (and as many memcpy runs); the fastest is reported.")
+    var runs: Int = 7
 
     @Option(name: .long, help: "Minimum duration of one run in milliseconds (a run repeats the kernel).")
     var minRunMs: Double = 4
 
-    @Option(name: .long, help: "Only these types, comma-separated (float, double, half, bfloat16, int8, ...).")
-    var types: String?
+    @Option(
+        name: .customShort("d"),
+        help: "Data type: float, double, half, bfloat16, int8, uint8, int32, int64, or all; a comma-separated list.")
+    var dataType: String = "all"
 
     func validate() throws {
         guard runs >= 1 else { throw ValidationError("-n must be at least 1") }
         guard minRunMs > 0 else { throw ValidationError("--min-run-ms must be positive") }
         guard sizes.allSatisfy({ $0 >= 64 }) else { throw ValidationError("sizes must be at least 64 bytes") }
-        if let types {
-            for name in types.split(separator: ",") where DataType(name: String(name)) == nil {
-                throw ValidationError("unknown type '\(name)'")
-            }
-        }
+        guard selectedTypes != nil else { throw ValidationError("unknown data type in '\(dataType)'") }
+    }
+
+    /// The types of `-d`, or nil when a name is unknown.
+    var selectedTypes: [DataType]? {
+        if dataType == "all" { return DataType.allCases }
+        let types = dataType.split(separator: ",").map { DataType(name: String($0)) }
+        return types.contains(nil) ? nil : types.compactMap { $0 }
     }
 
     func run() throws {
-        let selected = types.map { $0.split(separator: ",").compactMap { DataType(name: String($0)) } }
-            ?? DataType.allCases
+        let selected = selectedTypes ?? DataType.allCases
         let features = CPUFeatures.required
         emit("# concord-bench kernels: one thread, best of \(runs) runs of at least \(minRunMs) ms each")
         emit("# build targets: " + (features.isEmpty ? "baseline (no -march flags)" : features.joined(separator: " ")))
@@ -52,18 +57,19 @@ struct KernelsBench: ParsableCommand {
         }
         emit("# traffic = bytes read + written per call / time. Per byte of buffer: combine 3 (reads destination")
         emit("#   and source, writes destination), scale 2, memcpy 2; conversions 1.5 (size = the float32 side).")
-        emit("# ratio = the kernel's traffic GB/s / memcpy's, same size, memcpy runs interleaved; GB = 1e9 bytes")
+        emit("# ratio = the kernel's traffic GB/s / memcpy's traffic GB/s, memcpy of the same size measured in runs")
+        emit("#   alternating with the kernel's (its own column); GB = 1e9 bytes")
         emit("#")
         emit(
             "#" + pad("size", 10) + pad("type", 14) + pad("op", 8) + pad("time", 11) + pad("rate", 10)
-                + pad("traffic", 10) + pad("ratio", 8))
+                + pad("traffic", 10) + pad("memcpy", 10) + pad("ratio", 8))
         emit(
             "#" + pad("(B)", 10) + pad("", 14) + pad("", 8) + pad("(us)", 11) + pad("(Gelem/s)", 10)
-                + pad("(GB/s)", 10) + pad("", 8))
+                + pad("(GB/s)", 10) + pad("(GB/s)", 10) + pad("", 8))
         for size in sizes {
             let block = Block(size: size, runs: runs, minRun: minRunMs * 1e-3)
             defer { block.deallocate() }
-            var rows: [(type: String, op: String, elements: Int, traffic: Double, seconds: Double)] = []
+            var rows: [(type: String, op: String, elements: Int, traffic: Double, timing: Timing)] = []
             for dataType in selected {
                 let count = size / dataType.size
                 for (label, path) in paths(dataType) {
@@ -96,7 +102,7 @@ struct KernelsBench: ParsableCommand {
                 ConvertKernels.convert(block.source, from: .float32, to: block.destination, as: from, count: floats)
                 // The `from` values are in destination now: convert them into source.
                 let (d, s) = (block.source, UnsafeRawPointer(block.destination))
-                let t: Double
+                let t: Timing
                 if to == .bfloat16 {
                     t = block.measure { ConvertKernels.float32ToBFloat16(s, d, count: floats, path: path) }
                 } else {
@@ -104,11 +110,12 @@ struct KernelsBench: ParsableCommand {
                 }
                 rows.append((name, "convert", floats, 1.5, t))
             }
-            let memcpyRate = 2 * Double(size) / block.memcpySeconds
-            emit(line(size, "-", "memcpy", size, block.memcpySeconds, memcpyRate, 1))
+            let best = rows.map(\.timing.memcpy).min() ?? .infinity
+            emit(line(size, "-", "memcpy", size, best, 2 * Double(size) / best, 2 * Double(size) / best, 1))
             for row in rows {
-                let rate = row.traffic * Double(size) / row.seconds
-                emit(line(size, row.type, row.op, row.elements, row.seconds, rate, rate / memcpyRate))
+                let rate = row.traffic * Double(size) / row.timing.kernel
+                let memcpyRate = 2 * Double(size) / row.timing.memcpy
+                emit(line(size, row.type, row.op, row.elements, row.timing.kernel, rate, memcpyRate, rate / memcpyRate))
             }
         }
     }
@@ -122,16 +129,23 @@ struct KernelsBench: ParsableCommand {
 
     private func line(
         _ size: Int, _ type: String, _ op: String, _ elements: Int, _ seconds: Double, _ traffic: Double,
-        _ ratio: Double
+        _ memcpy: Double, _ ratio: Double
     ) -> String {
         " " + pad("\(size)", 10) + pad(type, 14) + pad(op, 8) + pad(String(format: "%.1f", seconds * 1e6), 11)
             + pad(String(format: "%.2f", Double(elements) / seconds / 1e9), 10)
-            + pad(String(format: "%.2f", traffic / 1e9), 10) + pad(String(format: "%.2f", ratio), 8)
+            + pad(String(format: "%.2f", traffic / 1e9), 10) + pad(String(format: "%.2f", memcpy / 1e9), 10)
+            + pad(String(format: "%.2f", ratio), 8)
     }
 
     private func pad(_ s: String, _ width: Int) -> String {
         s.count >= width ? " " + s : String(repeating: " ", count: width - s.count) + s
     }
+}
+
+/// Seconds per call of a kernel and of its memcpy yardstick.
+struct Timing {
+    var kernel: Double
+    var memcpy: Double
 }
 
 /// The buffers of one size, and the timing loop shared by its rows.
@@ -142,9 +156,6 @@ private final class Block {
     /// 64-byte aligned, `size` bytes each, distinct allocations (no aliasing between rows' operands).
     let destination: UnsafeMutableRawPointer
     let source: UnsafeMutableRawPointer
-    /// The best memcpy time seen so far in this block.
-    private(set) var memcpySeconds = Double.infinity
-
     init(size: Int, runs: Int, minRun: Double) {
         self.size = size
         self.runs = runs
@@ -184,19 +195,20 @@ private final class Block {
         }
     }
 
-    /// The best seconds per call of `body` over `runs` runs, alternating with memcpy runs of `size` bytes.
-    func measure(_ body: () -> Void) -> Double {
+    /// The best seconds per call of `body` over `runs` runs, and of memcpy of `size` bytes between the
+    /// same buffers over as many runs, alternating with them.
+    func measure(_ body: () -> Void) -> Timing {
         body()  // warm-up: caches, page tables
         let (d, s, size) = (destination, UnsafeRawPointer(source), size)
         let copy = { _ = memcpy(d, s, size) }
         let repetitions = calibrate(body)
         let copyRepetitions = calibrate(copy)
-        var best = Double.infinity
+        var timing = Timing(kernel: .infinity, memcpy: .infinity)
         for _ in 0..<runs {
-            memcpySeconds = min(memcpySeconds, time(copy, copyRepetitions))
-            best = min(best, time(body, repetitions))
+            timing.memcpy = min(timing.memcpy, time(copy, copyRepetitions))
+            timing.kernel = min(timing.kernel, time(body, repetitions))
         }
-        return best
+        return timing
     }
 
     /// How many calls make a run of at least `minRun` seconds.

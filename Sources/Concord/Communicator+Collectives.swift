@@ -59,10 +59,13 @@ extension Communicator {
         try performBlocking(Self.allReduceJob(SendableBytes(input), SendableBytes(output), T.dataType, op))
     }
 
-    static func allReduceJob(_ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType, _ op: ReduceOp) -> Job {
+    static func allReduceJob(_ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType, _ op: ReduceOp) -> Job
+    {
         { transport, sequence, segment in
             try input.with(output) { input, output in
-                try check(output.count == input.count, rank: transport.rank, "allReduce output holds \(output.count) elements, input \(input.count)")
+                try check(
+                    output.count == input.count, rank: transport.rank,
+                    "allReduce output holds \(output.count) elements, input \(input.count)")
                 try RingCollectives.allReduce(
                     input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: input.count,
                     dataType: dataType, op: op, sequence: sequence, transport: transport, segmentBytes: segment)
@@ -76,7 +79,8 @@ extension Communicator {
     /// - Throws: `.invalidArgument` when `input.count` is not a multiple of `worldSize`; as `allReduce`.
     public func reduceScatter<T: ConcordElement>(_ input: [T], op: ReduceOp = .sum) async throws -> [T] {
         var output = input.isEmpty ? [] : [T](repeating: input[0], count: input.count / worldSize)
-        let source = ArrayCopy(input), box = ArrayBox(&output)
+        let source = ArrayCopy(input)
+        let box = ArrayBox(&output)
         try await perform(Self.reduceScatterJob(source, box, T.dataType, op))
         box.restore(into: &output)
         return output
@@ -111,9 +115,14 @@ extension Communicator {
     {
         { transport, sequence, segment in
             try input.with(output) { input, output in
-                let n = transport.worldSize, count = output.count
-                try check(input.count == n * count, rank: transport.rank, "reduceScatter input holds \(input.count) elements, not \(n) blocks of \(count)")
-                if output.bytes.baseAddress == input.bytes.baseAddress.map({ $0 + transport.rank * count * dataType.size }) {
+                let n = transport.worldSize
+                let count = output.count
+                try check(
+                    input.count == n * count, rank: transport.rank,
+                    "reduceScatter input holds \(input.count) elements, not \(n) blocks of \(count)")
+                if output.bytes.baseAddress
+                    == input.bytes.baseAddress.map({ $0 + transport.rank * count * dataType.size })
+                {
                     try RingCollectives.reduceScatter(
                         input.bytes, count: count, dataType: dataType, op: op, sequence: sequence,
                         transport: transport, segmentBytes: segment)
@@ -131,7 +140,8 @@ extension Communicator {
     /// Gathers every rank's `input` (the same count on every rank), in rank order, on every rank.
     public func allGather<T: ConcordElement>(_ input: [T]) async throws -> [T] {
         var output = input.isEmpty ? [] : [T](repeating: input[0], count: input.count * worldSize)
-        let source = ArrayCopy(input), box = ArrayBox(&output)
+        let source = ArrayCopy(input)
+        let box = ArrayBox(&output)
         try await perform(Self.allGatherJob(source, box, T.dataType))
         box.restore(into: &output)
         return output
@@ -139,7 +149,9 @@ extension Communicator {
 
     /// Gathers every rank's `input` into `output` (n blocks of `input.count`), block r from rank r. In
     /// place when `input` is block `rank` of `output`.
-    public func allGather<T: ConcordElement>(_ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>)
+    public func allGather<T: ConcordElement>(
+        _ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>
+    )
         async throws
     {
         try await perform(Self.allGatherJob(SendableBytes(input), SendableBytes(output), T.dataType))
@@ -164,9 +176,14 @@ extension Communicator {
     static func allGatherJob(_ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType) -> Job {
         { transport, sequence, segment in
             try input.with(output) { input, output in
-                let n = transport.worldSize, count = input.count
-                try check(output.count == n * count, rank: transport.rank, "allGather output holds \(output.count) elements, not \(n) blocks of \(count)")
-                if input.bytes.baseAddress == output.bytes.baseAddress.map({ $0 + transport.rank * count * dataType.size }) {
+                let n = transport.worldSize
+                let count = input.count
+                try check(
+                    output.count == n * count, rank: transport.rank,
+                    "allGather output holds \(output.count) elements, not \(n) blocks of \(count)")
+                if input.bytes.baseAddress
+                    == output.bytes.baseAddress.map({ $0 + transport.rank * count * dataType.size })
+                {
                     try RingCollectives.allGather(
                         output.bytes, count: count, dataType: dataType, sequence: sequence, transport: transport,
                         segmentBytes: segment)
@@ -220,7 +237,9 @@ extension Communicator {
     static func broadcastJob(_ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType, _ root: Int) -> Job {
         { transport, sequence, segment in
             try input.with(output) { input, output in
-                try check(input.count == output.count, rank: transport.rank, "broadcast output holds \(output.count) elements, input \(input.count)")
+                try check(
+                    input.count == output.count, rank: transport.rank,
+                    "broadcast output holds \(output.count) elements, input \(input.count)")
                 try RingCollectives.broadcast(
                     input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: output.count,
                     dataType: dataType, root: root, sequence: sequence, transport: transport, segmentBytes: segment)
@@ -259,12 +278,16 @@ extension Communicator {
         try performBlocking(Self.reduceJob(SendableBytes(input), SendableBytes(output), T.dataType, op, root))
     }
 
-    static func reduceJob(_ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType, _ op: ReduceOp, _ root: Int)
+    static func reduceJob(
+        _ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType, _ op: ReduceOp, _ root: Int
+    )
         -> Job
     {
         { transport, sequence, segment in
             try input.with(output) { input, output in
-                try check(input.count == output.count, rank: transport.rank, "reduce output holds \(output.count) elements, input \(input.count)")
+                try check(
+                    input.count == output.count, rank: transport.rank,
+                    "reduce output holds \(output.count) elements, input \(input.count)")
                 try RingCollectives.reduce(
                     input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: input.count,
                     dataType: dataType, op: op, root: root, sequence: sequence, transport: transport,

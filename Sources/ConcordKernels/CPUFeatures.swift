@@ -8,11 +8,13 @@ internal import CConcordCPU
 /// The CPU features this build of Concord was compiled to use, and whether this CPU has them.
 public enum CPUFeatures {
     /// The names of the features the compiler was allowed to use (`-Xcc -march=…`), e.g. `["sse3", …,
-    /// "avx2", "fma", "f16c"]`; empty for a baseline x86-64 build or on other architectures.
+    /// "avx2", "fma", "f16c"]`; empty for a baseline x86-64 build or on other architectures. Calls
+    /// `concord_cpu_required`.
     public static var required: [String] { names(concord_cpu_required()) }
 
-    /// The required features this CPU (and OS) does not provide. Always empty in a running binary, since
-    /// the guard exits before `main` otherwise — unless `CONCORD_CPU_HIDE` hides some (a testing aid).
+    /// The required features this CPU (and OS) does not provide, counting those named in `CONCORD_CPU_HIDE`
+    /// as absent. Empty in a running binary: the guard exits before `main` otherwise. Calls
+    /// `concord_cpu_missing_now`.
     public static var missing: [String] { names(concord_cpu_missing_now()) }
 
     /// Feature names for the bits of a mask, in the guard's order.

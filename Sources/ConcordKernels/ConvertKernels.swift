@@ -7,8 +7,9 @@
 // subnormals are produced (not flushed), NaN stays NaN (bfloat16 keeps the top of the payload and sets the
 // quiet bit). Widening is exact. Narrowing may run in place (destination == source: it writes only bytes
 // it has read); otherwise the buffers must not overlap.
-import ConcordCore
+
 internal import CConcordCPU
+import ConcordCore
 
 /// Converts buffers between float32 and float16 / bfloat16.
 public enum ConvertKernels {
@@ -100,25 +101,33 @@ public enum ConvertKernels {
 
     /// float32 → float16, rounding to nearest even (see `float32ToFloat16(_:_:count:)`).
     @inlinable
-    public static func convert(_ source: UnsafePointer<Float>, to destination: UnsafeMutablePointer<Float16>, count: Int) {
+    public static func convert(
+        _ source: UnsafePointer<Float>, to destination: UnsafeMutablePointer<Float16>, count: Int
+    ) {
         float32ToFloat16(source, destination, count: count)
     }
 
     /// float16 → float32, exact (see `float16ToFloat32(_:_:count:)`).
     @inlinable
-    public static func convert(_ source: UnsafePointer<Float16>, to destination: UnsafeMutablePointer<Float>, count: Int) {
+    public static func convert(
+        _ source: UnsafePointer<Float16>, to destination: UnsafeMutablePointer<Float>, count: Int
+    ) {
         float16ToFloat32(source, destination, count: count)
     }
 
     /// float32 → bfloat16, rounding to nearest even (see `float32ToBFloat16(_:_:count:)`).
     @inlinable
-    public static func convert(_ source: UnsafePointer<Float>, to destination: UnsafeMutablePointer<BFloat16>, count: Int) {
+    public static func convert(
+        _ source: UnsafePointer<Float>, to destination: UnsafeMutablePointer<BFloat16>, count: Int
+    ) {
         float32ToBFloat16(source, destination, count: count)
     }
 
     /// bfloat16 → float32, exact (see `bfloat16ToFloat32(_:_:count:)`).
     @inlinable
-    public static func convert(_ source: UnsafePointer<BFloat16>, to destination: UnsafeMutablePointer<Float>, count: Int) {
+    public static func convert(
+        _ source: UnsafePointer<BFloat16>, to destination: UnsafeMutablePointer<Float>, count: Int
+    ) {
         bfloat16ToFloat32(source, destination, count: count)
     }
 }

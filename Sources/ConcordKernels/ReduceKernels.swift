@@ -8,12 +8,16 @@
 // memory-bound: a combine moves 3 bytes per byte of buffer (reads destination and source, writes
 // destination), against 2 for memcpy; `concord-bench kernels` measures both in one run.
 //
-//   dtype      sum/avg        prod       min / max                      vector
-//   float32    +              *          Swift.min / Swift.max          SIMD16<Float>
-//   float64    +              *          Swift.min / Swift.max          SIMD8<Double>
-//   float16    float32 +, round once     (widen, op, round to nearest even)   SIMD16 → SIMD16<Float>
-//   bfloat16   float32 +, round once     (same; rounding in integer arithmetic)
-//   int8…int64 &+ (wraps)     &* (wraps) Swift.min / Swift.max          64 bytes of lanes
+//   dtype       sum, avg         prod         min, max                 vector (storage → compute)
+//   float32     +                *            Swift.min, Swift.max     SIMD16<Float>
+//   float64     +                *            Swift.min, Swift.max     SIMD8<Double>
+//   float16     widen to float32, op, round once to nearest even       SIMD16<Float16> → SIMD16<Float>
+//   bfloat16    the same, rounding by integer arithmetic on             SIMD16<UInt32> (32 elements) →
+//               even and odd lanes, or by vcvtneps2bf16 where AVX-512   2 × SIMD16<Float>
+//               BF16 exists (KernelPath)
+//   int8, uint8 &+ (wraps)       &* (wraps)   Swift.min, Swift.max     SIMD64 (min, max: SIMD16)
+//   int32       &+ (wraps)       &* (wraps)   Swift.min, Swift.max     SIMD16<Int32>
+//   int64       &+ (wraps)       &* (wraps)   Swift.min, Swift.max     SIMD8<Int64>
 //
 // Semantics, which the scalar reference in ConcordTestSupport/Fixtures.swift states element by element:
 // - Integer sum and prod wrap around in two's complement (`&+`, `&*`): no trap, no saturation. (`&+` is
@@ -22,12 +26,13 @@
 //   — once per combine, i.e. once per ring hop. float32 has at least 2p+2 bits for both (p = 11 and 8), so
 //   that double rounding is harmless: each hop is correctly rounded. Error bounds: docs/algorithms.md.
 // - min and max are `Swift.min(d, s)` and `Swift.max(d, s)` lane by lane: `s < d ? s : d` and
-//   `s >= d ? s : d`. A NaN already in the destination stays; a NaN arriving from the source is dropped.
-//   (Vectorized with `replacing(with:where:)`: SIMD.pointwiseMin is scalarized and an order of magnitude
-//   slower.)
+//   `s >= d ? s : d`. So a NaN already in the destination stays and one arriving from the source is
+//   dropped, and max(+0, −0) = −0 while max(−0, +0) = +0. (Vectorized with `replacing(with:where:)`:
+//   SIMD.pointwiseMin is scalarized and an order of magnitude slower.)
 // - `avg` combines as `sum`; `scale(_:count:dataType:by:)` then multiplies by 1/worldSize once.
-import ConcordCore
+
 internal import CConcordCPU
+import ConcordCore
 
 /// The kernels that combine buffers element by element.
 public enum ReduceKernels {
@@ -65,18 +70,30 @@ public enum ReduceKernels {
         case (.float32, .prod):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Float>.self, { $0 * $1 }, { $0 * $1 }) }
         case (.float32, .min):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Float>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD16<Float>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) })
+            }
         case (.float32, .max):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Float>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD16<Float>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) })
+            }
 
         case (.float64, .sum), (.float64, .avg):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Double>.self, { $0 + $1 }, { $0 + $1 }) }
         case (.float64, .prod):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Double>.self, { $0 * $1 }, { $0 * $1 }) }
         case (.float64, .min):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Double>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD8<Double>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) })
+            }
         case (.float64, .max):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Double>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD8<Double>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) })
+            }
 
         case (.float16, .sum), (.float16, .avg):
             kernel = { SIMDLoops.combineWidened($0, $1, $2, Float16Format.self, .sum) }
@@ -88,49 +105,73 @@ public enum ReduceKernels {
             kernel = { SIMDLoops.combineWidened($0, $1, $2, Float16Format.self, .max) }
 
         case (.bfloat16, .sum), (.bfloat16, .avg):
-            kernel = { SIMDLoops.combineWidened($0, $1, $2, BFloat16Format.self, .sum) }
+            kernel = { SIMDLoops.combineBFloat16($0, $1, $2, .sum) }
         case (.bfloat16, .prod):
-            kernel = { SIMDLoops.combineWidened($0, $1, $2, BFloat16Format.self, .prod) }
+            kernel = { SIMDLoops.combineBFloat16($0, $1, $2, .prod) }
         case (.bfloat16, .min):
-            kernel = { SIMDLoops.combineWidened($0, $1, $2, BFloat16Format.self, .min) }
+            kernel = { SIMDLoops.combineBFloat16($0, $1, $2, .min) }
         case (.bfloat16, .max):
-            kernel = { SIMDLoops.combineWidened($0, $1, $2, BFloat16Format.self, .max) }
+            kernel = { SIMDLoops.combineBFloat16($0, $1, $2, .max) }
 
         case (.int8, .sum), (.int8, .avg):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD64<Int8>.self, { $0 &+ $1 }, { $0 &+ $1 }) }
         case (.int8, .prod):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD64<Int8>.self, { $0 &* $1 }, { $0 &* $1 }) }
         case (.int8, .min):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int8>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD16<Int8>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) })
+            }
         case (.int8, .max):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int8>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD16<Int8>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) })
+            }
 
         case (.uint8, .sum), (.uint8, .avg):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD64<UInt8>.self, { $0 &+ $1 }, { $0 &+ $1 }) }
         case (.uint8, .prod):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD64<UInt8>.self, { $0 &* $1 }, { $0 &* $1 }) }
         case (.uint8, .min):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<UInt8>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD16<UInt8>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) })
+            }
         case (.uint8, .max):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<UInt8>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD16<UInt8>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) })
+            }
 
         case (.int32, .sum), (.int32, .avg):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int32>.self, { $0 &+ $1 }, { $0 &+ $1 }) }
         case (.int32, .prod):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int32>.self, { $0 &* $1 }, { $0 &* $1 }) }
         case (.int32, .min):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int32>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD16<Int32>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) })
+            }
         case (.int32, .max):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD16<Int32>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD16<Int32>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) })
+            }
 
         case (.int64, .sum), (.int64, .avg):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Int64>.self, { $0 &+ $1 }, { $0 &+ $1 }) }
         case (.int64, .prod):
             kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Int64>.self, { $0 &* $1 }, { $0 &* $1 }) }
         case (.int64, .min):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Int64>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD8<Int64>.self, { $0.replacing(with: $1, where: $1 .< $0) }, { Swift.min($0, $1) })
+            }
         case (.int64, .max):
-            kernel = { SIMDLoops.combine($0, $1, $2, SIMD8<Int64>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) }) }
+            kernel = {
+                SIMDLoops.combine(
+                    $0, $1, $2, SIMD8<Int64>.self, { $0.replacing(with: $1, where: $1 .>= $0) }, { Swift.max($0, $1) })
+            }
         }
         return Reducer(elementSize: size, combine: kernel)
     }
@@ -167,7 +208,7 @@ public enum ReduceKernels {
         case .bfloat16 where path == .avx512BF16:
             concord_bf16_scale_avx512(buffer, count, f)
         case .bfloat16:
-            SIMDLoops.scaleWidened(buffer, count, BFloat16Format.self, by: f)
+            SIMDLoops.scaleBFloat16(buffer, count, by: f)
         case .int8, .uint8, .int32, .int64:
             preconditionFailure("avg is not defined on \(dataType)")
         }
@@ -175,7 +216,8 @@ public enum ReduceKernels {
 
     /// `destination[i] += source[i]` for `count` floats; the two may be equal but must not partly overlap.
     @inlinable
-    public static func sum(into destination: UnsafeMutablePointer<Float>, from source: UnsafePointer<Float>, count: Int) {
+    public static func sum(into destination: UnsafeMutablePointer<Float>, from source: UnsafePointer<Float>, count: Int)
+    {
         SIMDLoops.combine(
             UnsafeMutableRawPointer(destination), UnsafeRawPointer(source), count, SIMD16<Float>.self,
             { $0 + $1 }, { $0 + $1 })

@@ -7,8 +7,9 @@
 //
 // They are generic and `@inlinable`; each kernel instantiates them with a concrete vector type and
 // closures, and the optimizer turns each instance into a straight vector loop (check the disassembly for
-// `vaddps`, `vcvtph2ps`, … when changing them). Vectors are 64 bytes of storage (SIMD16<Float>,
-// SIMD64<Int8>, …): one AVX-512 register or two AVX2 ones.
+// `vaddps`, `vcvtph2ps`, … when changing them). Vectors hold 64 bytes where the operation allows
+// (SIMD16<Float>, SIMD8<Double>, SIMD64<Int8> for sums): one AVX-512 register or two AVX2 ones. Half
+// types load 16 lanes (32 bytes) and compute on SIMD16<Float>; int8/uint8 min and max use 16 lanes.
 import ConcordCore
 
 /// The vector and scalar forms of a half-precision storage format (float16, bfloat16): widening to
@@ -143,6 +144,74 @@ enum SIMDLoops {
         }
     }
 
+    /// The bfloat16 combine without lane shuffles: 64 bytes are read as 16 UInt32 lanes, each holding an
+    /// even element (low half) and an odd one (high half). `x << 16` is the even element as a float32,
+    /// `x & 0xFFFF0000` the odd one; each is combined in float32, rounded in place (the result in the
+    /// high half), and the halves are put back with one shift, one mask and one or. Half the
+    /// instructions of widening with `vpmovzxwd` and narrowing with `vpackusdw` + `vpermq` on AVX2.
+    @inlinable @inline(__always)
+    static func combineBFloat16(
+        _ destination: UnsafeMutableRawPointer, _ source: UnsafeRawPointer, _ count: Int, _ op: ReduceOp
+    ) {
+        typealias U = SIMD16<UInt32>
+        let high = U(repeating: 0xFFFF_0000)
+        var i = 0
+        while i &+ 32 <= count {
+            let offset = i &* 2
+            let d = destination.loadUnaligned(fromByteOffset: offset, as: U.self)
+            let s = source.loadUnaligned(fromByteOffset: offset, as: U.self)
+            let even = apply(op, asFloat(d &<< U(repeating: 16)), asFloat(s &<< U(repeating: 16)))
+            let odd = apply(op, asFloat(d & high), asFloat(s & high))
+            let result = (roundedHigh(even) &>> U(repeating: 16)) | (roundedHigh(odd) & high)
+            destination.storeBytes(of: result, toByteOffset: offset, as: U.self)
+            i &+= 32
+        }
+        while i < count {
+            let offset = i &* 2
+            let a = BFloat16Format.widen(destination.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+            let b = BFloat16Format.widen(source.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+            destination.storeBytes(of: BFloat16Format.narrow(apply(op, a, b)), toByteOffset: offset, as: UInt16.self)
+            i &+= 1
+        }
+    }
+
+    /// `buffer[i] = bf16(float(buffer[i]) * factor)` with the even/odd lanes of `combineBFloat16`.
+    @inlinable @inline(__always)
+    static func scaleBFloat16(_ buffer: UnsafeMutableRawPointer, _ count: Int, by factor: Float) {
+        typealias U = SIMD16<UInt32>
+        let high = U(repeating: 0xFFFF_0000)
+        let factors = SIMD16<Float>(repeating: factor)
+        var i = 0
+        while i &+ 32 <= count {
+            let offset = i &* 2
+            let x = buffer.loadUnaligned(fromByteOffset: offset, as: U.self)
+            let even = asFloat(x &<< U(repeating: 16)) * factors
+            let odd = asFloat(x & high) * factors
+            let result = (roundedHigh(even) &>> U(repeating: 16)) | (roundedHigh(odd) & high)
+            buffer.storeBytes(of: result, toByteOffset: offset, as: U.self)
+            i &+= 32
+        }
+        while i < count {
+            let offset = i &* 2
+            let a = BFloat16Format.widen(buffer.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+            buffer.storeBytes(of: BFloat16Format.narrow(a * factor), toByteOffset: offset, as: UInt16.self)
+            i &+= 1
+        }
+    }
+
+    @inlinable @inline(__always)
+    static func asFloat(_ bits: SIMD16<UInt32>) -> SIMD16<Float> { unsafeBitCast(bits, to: SIMD16<Float>.self) }
+
+    /// The bits of `v` whose high half is `v` rounded to bfloat16 (nearest even; a NaN gets the quiet bit);
+    /// the low half is left over.
+    @inlinable @inline(__always)
+    static func roundedHigh(_ v: SIMD16<Float>) -> SIMD16<UInt32> {
+        typealias U = SIMD16<UInt32>
+        let bits = unsafeBitCast(v, to: U.self)
+        let rounded = bits &+ U(repeating: 0x7FFF) &+ ((bits &>> U(repeating: 16)) & U(repeating: 1))
+        return rounded.replacing(with: bits | U(repeating: 0x0040_0000), where: v .!= v)
+    }
+
     /// `op` on float32 vectors: min is Swift.min lane by lane (`b < a ? b : a`), max is Swift.max
     /// (`b >= a ? b : a`); `avg` adds.
     @inlinable @inline(__always)
@@ -191,7 +260,9 @@ enum SIMDLoops {
 
     /// `buffer[i] = narrow(widen(buffer[i]) * factor)` for `count` half-precision elements.
     @inlinable @inline(__always)
-    static func scaleWidened<F: HalfFormat>(_ buffer: UnsafeMutableRawPointer, _ count: Int, _: F.Type, by factor: Float) {
+    static func scaleWidened<F: HalfFormat>(
+        _ buffer: UnsafeMutableRawPointer, _ count: Int, _: F.Type, by factor: Float
+    ) {
         let factors = SIMD16<Float>(repeating: factor)
         var i = 0
         while i &+ 16 <= count {

@@ -94,7 +94,8 @@ struct CollectiveFrameTests {
                 case .reduceScatter, .allGather:
                     #expect(elements == (n - 1) * count, "each rank sends n-1 blocks")
                 case .broadcast, .reduce:
-                    #expect(elements == (isTail || n == 1 ? 0 : count), "each link of the chain carries the buffer once")
+                    #expect(
+                        elements == (isTail || n == 1 ? 0 : count), "each link of the chain carries the buffer once")
                 case .allReduce:
                     break
                 }

@@ -38,8 +38,10 @@ struct ProcessTests {
         for placement in [[], ["--out-of-place", "-r", "2"]] {
             let child = try ChildProcess(
                 try Self.executable("concord"),
-                ["run", "-n", "3", "--", try Self.executable("concord-bench"), collective, "-b", "6", "-e", "24K",
-                 "-f", "64", "-n", "1", "-w", "0", "-c", "1", "-d", "all", "-o", "all", "--segment", "4K"] + placement)
+                [
+                    "run", "-n", "3", "--", try Self.executable("concord-bench"), collective, "-b", "6", "-e", "24K",
+                    "-f", "64", "-n", "1", "-w", "0", "-c", "1", "-d", "all", "-o", "all", "--segment", "4K",
+                ] + placement)
             defer { child.kill() }
             #expect(child.wait(seconds: 240), "\(collective) did not finish in 240 s")
             #expect(child.exitStatus == 0, "\(collective) \(placement): \(child.stderr)")

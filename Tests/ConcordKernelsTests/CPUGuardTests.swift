@@ -2,21 +2,20 @@
 // usable (CPU bit and OS register state), the one-line message, and the name parsing of the testing aid.
 // The constructor itself runs before every test binary's main; that it lets this one run is checked too.
 import CConcordCPU
-import Testing
-
 import ConcordKernels
+import Testing
 
 /// A feature mask from names.
 func mask(_ features: [concord_cpu_feature]) -> UInt64 {
     features.reduce(0) { $0 | (1 << UInt64($1.rawValue)) }
 }
 
-let x86_64_v2: [concord_cpu_feature] = [
+let levelV2: [concord_cpu_feature] = [
     CONCORD_CPU_SSE3, CONCORD_CPU_SSSE3, CONCORD_CPU_SSE4_1, CONCORD_CPU_SSE4_2, CONCORD_CPU_POPCNT, CONCORD_CPU_CX16,
     CONCORD_CPU_LAHF_SAHF,
 ]
-let x86_64_v3 =
-    x86_64_v2 + [
+let levelV3 =
+    levelV2 + [
         CONCORD_CPU_XSAVE, CONCORD_CPU_MOVBE, CONCORD_CPU_BMI, CONCORD_CPU_BMI2, CONCORD_CPU_LZCNT, CONCORD_CPU_AVX,
         CONCORD_CPU_AVX2, CONCORD_CPU_FMA, CONCORD_CPU_F16C,
     ]
@@ -47,20 +46,20 @@ struct CPUGuardTests {
     @Test("an x86-64-v3 CPU with the OS saving YMM state runs an x86-64-v3 build")
     func haswellRunsV3() {
         var id = haswell()
-        #expect(mask(x86_64_v3) & ~concord_cpu_usable(&id) == 0)
+        #expect(mask(levelV3) & ~concord_cpu_usable(&id) == 0)
     }
 
     @Test("without AVX2, FMA, F16C, BMI, LZCNT and MOVBE the guard names exactly those")
     func sandyBridgeLacksV3() {
         var id = sandyBridge()
-        let missing = mask(x86_64_v3) & ~concord_cpu_usable(&id)
+        let missing = mask(levelV3) & ~concord_cpu_usable(&id)
         #expect(CPUFeatures.names(missing) == ["movbe", "bmi1", "bmi2", "lzcnt", "avx2", "fma", "f16c"])
     }
 
     @Test("AVX counts only when the OS saves the YMM registers (OSXSAVE and XCR0)")
     func osState() {
         var noYMM = haswell(xcr0: 0x3)
-        #expect(CPUFeatures.names(mask(x86_64_v3) & ~concord_cpu_usable(&noYMM)) == ["avx", "avx2", "fma", "f16c"])
+        #expect(CPUFeatures.names(mask(levelV3) & ~concord_cpu_usable(&noYMM)) == ["avx", "avx2", "fma", "f16c"])
         var noOSXSAVE = haswell()
         noOSXSAVE.leaf1_ecx &= ~(1 << 27)
         #expect(concord_cpu_usable(&noOSXSAVE) & mask([CONCORD_CPU_AVX]) == 0)
@@ -71,7 +70,10 @@ struct CPUGuardTests {
         var id = haswell(xcr0: 0xE7)
         id.leaf7_ebx |= (1 << 16) | (1 << 17) | (1 << 30) | (1 << 31)  // F, DQ, BW, VL
         id.leaf7_1_eax = 1 << 5  // BF16
-        let avx512 = mask([CONCORD_CPU_AVX512F, CONCORD_CPU_AVX512DQ, CONCORD_CPU_AVX512BW, CONCORD_CPU_AVX512VL, CONCORD_CPU_AVX512BF16])
+        let avx512 = mask([
+            CONCORD_CPU_AVX512F, CONCORD_CPU_AVX512DQ, CONCORD_CPU_AVX512BW, CONCORD_CPU_AVX512VL,
+            CONCORD_CPU_AVX512BF16,
+        ])
         #expect(concord_cpu_usable(&id) & avx512 == avx512)
         id.xcr0 = 0x7
         #expect(concord_cpu_usable(&id) & avx512 == 0)
@@ -102,7 +104,8 @@ struct CPUGuardTests {
     @Test("feature names parse from the testing aid's list; unknown names are ignored")
     func parseNames() {
         #expect(concord_cpu_parse_names("avx2,fma") == mask([CONCORD_CPU_AVX2, CONCORD_CPU_FMA]))
-        #expect(concord_cpu_parse_names(" f16c  avx512bf16,,bogus ") == mask([CONCORD_CPU_F16C, CONCORD_CPU_AVX512BF16]))
+        #expect(
+            concord_cpu_parse_names(" f16c  avx512bf16,,bogus ") == mask([CONCORD_CPU_F16C, CONCORD_CPU_AVX512BF16]))
         #expect(concord_cpu_parse_names("") == 0)
         #expect(concord_cpu_parse_names(nil) == 0)
         #expect(concord_cpu_parse_names("avx") == mask([CONCORD_CPU_AVX]), "a prefix of a name is not a match")
@@ -110,7 +113,9 @@ struct CPUGuardTests {
 
     @Test("every feature has a distinct name")
     func names() {
-        let all = (0..<UInt32(CONCORD_CPU_FEATURE_COUNT.rawValue)).compactMap { concord_cpu_feature_name($0).map { String(cString: $0) } }
+        let all = (0..<UInt32(CONCORD_CPU_FEATURE_COUNT.rawValue)).compactMap {
+            concord_cpu_feature_name($0).map { String(cString: $0) }
+        }
         #expect(all.count == Int(CONCORD_CPU_FEATURE_COUNT.rawValue) && Set(all).count == all.count)
         #expect(concord_cpu_feature_name(UInt32(CONCORD_CPU_FEATURE_COUNT.rawValue)) == nil)
     }

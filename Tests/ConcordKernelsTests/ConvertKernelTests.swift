@@ -2,9 +2,8 @@
 // where that is possible, rounding (ties to even, overflow, subnormals, NaN) against scalar references,
 // unaligned buffers, every loop boundary, and narrowing in place.
 import ConcordCore
-import Testing
-
 import ConcordKernels
+import Testing
 
 /// The nearest value with `bits` significant bits and exponents down to `minExponent` (subnormals below),
 /// ties to even: an independent reference for rounding float32 to float16 (11, −14) and bfloat16 (8, −126).
@@ -24,7 +23,9 @@ struct ConvertKernelTests {
         let halves = (0...UInt16.max).map { Float16(bitPattern: $0) }
         var floats = [Float](repeating: 0, count: halves.count)
         halves.withUnsafeBufferPointer { h in
-            floats.withUnsafeMutableBufferPointer { f in ConvertKernels.convert(h.baseAddress!, to: f.baseAddress!, count: h.count) }
+            floats.withUnsafeMutableBufferPointer { f in
+                ConvertKernels.convert(h.baseAddress!, to: f.baseAddress!, count: h.count)
+            }
         }
         let wrong = halves.indices.filter { !floats[$0].matches(Float(halves[$0])) }
         #expect(wrong.isEmpty, "first wrong pattern: \(wrong.first.map { String($0, radix: 16) } ?? "-")")
@@ -35,7 +36,9 @@ struct ConvertKernelTests {
         let values = (0...UInt16.max).map { BFloat16(bitPattern: $0) }
         var floats = [Float](repeating: 0, count: values.count)
         values.withUnsafeBufferPointer { h in
-            floats.withUnsafeMutableBufferPointer { f in ConvertKernels.convert(h.baseAddress!, to: f.baseAddress!, count: h.count) }
+            floats.withUnsafeMutableBufferPointer { f in
+                ConvertKernels.convert(h.baseAddress!, to: f.baseAddress!, count: h.count)
+            }
         }
         #expect(values.indices.allSatisfy { floats[$0].bitPattern == UInt32($0) << 16 })
     }
@@ -48,7 +51,9 @@ struct ConvertKernelTests {
         halves.withUnsafeBufferPointer { h in
             floats.withUnsafeMutableBufferPointer { f in
                 ConvertKernels.convert(h.baseAddress!, to: f.baseAddress!, count: h.count)
-                back.withUnsafeMutableBufferPointer { b in ConvertKernels.convert(UnsafePointer(f.baseAddress!), to: b.baseAddress!, count: h.count) }
+                back.withUnsafeMutableBufferPointer { b in
+                    ConvertKernels.convert(UnsafePointer(f.baseAddress!), to: b.baseAddress!, count: h.count)
+                }
             }
         }
         #expect(halves.indices.allSatisfy { back[$0].matches(halves[$0]) })
@@ -63,7 +68,9 @@ struct ConvertKernelTests {
             values.withUnsafeBufferPointer { v in
                 floats.withUnsafeMutableBufferPointer { f in
                     ConvertKernels.convert(v.baseAddress!, to: f.baseAddress!, count: v.count)
-                    back.withUnsafeMutableBytes { b in ConvertKernels.float32ToBFloat16(f.baseAddress!, b.baseAddress!, count: v.count, path: path) }
+                    back.withUnsafeMutableBytes { b in
+                        ConvertKernels.float32ToBFloat16(f.baseAddress!, b.baseAddress!, count: v.count, path: path)
+                    }
                 }
             }
             let wrong = values.indices.filter { i in
@@ -110,7 +117,9 @@ struct ConvertKernelTests {
             Float(bitPattern: 0x3F80_8001),  // just above: up
             Float(bitPattern: 0x7F7F_FFFF),  // rounds to infinity
             Float(bitPattern: 0x7F7F_7FFF),  // stays the largest finite
-            Float(bitPattern: 0x0000_8000), Float(bitPattern: 0x0001_8000), Float(bitPattern: 0x807F_FFFF),  // subnormals
+            Float(bitPattern: 0x0000_8000),  // subnormal, tie: to even, 0
+            Float(bitPattern: 0x0001_8000),  // subnormal, tie: to even, 0x0002
+            Float(bitPattern: 0x807F_FFFF),  // subnormal rounding up to minus the smallest normal
             Float(bitPattern: 0x007F_8000),  // subnormal rounding up to the smallest normal
             Float(bitPattern: 0x7FFF_FFFF),  // NaN whose rounding would carry into the sign
             Float(bitPattern: 0x7F80_0001),  // signalling NaN, payload only in the low half
@@ -119,12 +128,18 @@ struct ConvertKernelTests {
         var random = SplitMix(seed: 43)
         let values = edge + (0..<100_000).map { _ in Float(bitPattern: UInt32(truncatingIfNeeded: random.next())) }
         for path in availablePaths {
-            let got = narrow(values, to: UInt16.self) { ConvertKernels.float32ToBFloat16($0, $1, count: $2, path: path) }
+            let got = narrow(values, to: UInt16.self) {
+                ConvertKernels.float32ToBFloat16($0, $1, count: $2, path: path)
+            }
             for (x, b) in zip(values, got) {
-                #expect(b == BFloat16(x).bitPattern, "[\(path)] \(x) (\(String(x.bitPattern, radix: 16))) → \(String(b, radix: 16))")
+                #expect(
+                    b == BFloat16(x).bitPattern,
+                    "[\(path)] \(x) (\(String(x.bitPattern, radix: 16))) → \(String(b, radix: 16))")
                 let value = BFloat16(bitPattern: b).floatValue
                 if x.isNaN {
-                    #expect(value.isNaN && b & 0x40 != 0, "[\(path)] NaN \(String(x.bitPattern, radix: 16)) → \(String(b, radix: 16))")
+                    #expect(
+                        value.isNaN && b & 0x40 != 0,
+                        "[\(path)] NaN \(String(x.bitPattern, radix: 16)) → \(String(b, radix: 16))")
                 } else if abs(Double(x)) < Double(Float(bitPattern: 0x7F7F_8000)) {
                     #expect(Double(value) == roundToPrecision(x, bits: 8, minExponent: -126), "[\(path)] \(x)")
                 } else {
@@ -144,21 +159,34 @@ struct ConvertKernelTests {
                 let source = OffsetBuffer(bytes: length * 4, offset: offset)
                 let half = OffsetBuffer(bytes: length * 2, offset: (offset + 1) % 4)
                 let wide = OffsetBuffer(bytes: length * 4, offset: (offset + 2) % 4)
-                defer { source.deallocate(); half.deallocate(); wide.deallocate() }
+                defer {
+                    source.deallocate()
+                    half.deallocate()
+                    wide.deallocate()
+                }
                 source.write(values)
                 ConvertKernels.convert(source.start, from: .float32, to: half.start, as: .float16, count: length)
-                #expect(half.read(Float16.self, count: length).elementsEqual(values.map { Float16($0) }) { $0.matches($1) })
+                #expect(
+                    half.read(Float16.self, count: length).elementsEqual(values.map { Float16($0) }) { $0.matches($1) })
                 #expect(half.guardsIntact(length: length * 2))
                 ConvertKernels.convert(half.start, from: .float16, to: wide.start, as: .float32, count: length)
-                #expect(wide.read(Float.self, count: length).elementsEqual(values.map { Float(Float16($0)) }) { $0.matches($1) })
+                #expect(
+                    wide.read(Float.self, count: length).elementsEqual(values.map { Float(Float16($0)) }) {
+                        $0.matches($1)
+                    })
                 #expect(wide.guardsIntact(length: length * 4))
                 for path in availablePaths {
                     ConvertKernels.float32ToBFloat16(source.start, half.start, count: length, path: path)
-                    #expect(half.read(UInt16.self, count: length) == values.map { BFloat16($0).bitPattern }, "[\(path)] \(length)")
+                    #expect(
+                        half.read(UInt16.self, count: length) == values.map { BFloat16($0).bitPattern },
+                        "[\(path)] \(length)")
                     #expect(half.guardsIntact(length: length * 2))
                 }
                 ConvertKernels.convert(half.start, from: .bfloat16, to: wide.start, as: .float32, count: length)
-                #expect(wide.read(Float.self, count: length).elementsEqual(values.map { BFloat16($0).floatValue }) { $0.matches($1) })
+                #expect(
+                    wide.read(Float.self, count: length).elementsEqual(values.map { BFloat16($0).floatValue }) {
+                        $0.matches($1)
+                    })
                 #expect(wide.guardsIntact(length: length * 4))
             }
         }
@@ -175,10 +203,15 @@ struct ConvertKernelTests {
                     buffer.write(values)
                     if target == .float16 {
                         ConvertKernels.float32ToFloat16(buffer.start, buffer.start, count: length)
-                        #expect(buffer.read(Float16.self, count: length).elementsEqual(values.map { Float16($0) }) { $0.matches($1) })
+                        #expect(
+                            buffer.read(Float16.self, count: length).elementsEqual(values.map { Float16($0) }) {
+                                $0.matches($1)
+                            })
                     } else {
                         ConvertKernels.float32ToBFloat16(buffer.start, buffer.start, count: length, path: path)
-                        #expect(buffer.read(UInt16.self, count: length) == values.map { BFloat16($0).bitPattern }, "[\(path)]")
+                        #expect(
+                            buffer.read(UInt16.self, count: length) == values.map { BFloat16($0).bitPattern },
+                            "[\(path)]")
                     }
                 }
             }
@@ -190,18 +223,24 @@ struct ConvertKernelTests {
         let values: [Float] = [1.5, -2.25, .pi]
         var out = [Float](repeating: 0, count: 3)
         values.withUnsafeBytes { s in
-            out.withUnsafeMutableBytes { d in ConvertKernels.convert(s.baseAddress!, from: .float32, to: d.baseAddress!, as: .float32, count: 3) }
+            out.withUnsafeMutableBytes { d in
+                ConvertKernels.convert(s.baseAddress!, from: .float32, to: d.baseAddress!, as: .float32, count: 3)
+            }
         }
         #expect(out == values)
         var bf = [BFloat16](repeating: BFloat16(bitPattern: 0), count: 3)
         values.withUnsafeBufferPointer { s in
-            bf.withUnsafeMutableBufferPointer { d in ConvertKernels.convert(s.baseAddress!, to: d.baseAddress!, count: 3) }
+            bf.withUnsafeMutableBufferPointer { d in
+                ConvertKernels.convert(s.baseAddress!, to: d.baseAddress!, count: 3)
+            }
         }
         #expect(bf == values.map { BFloat16($0) })
     }
 
     /// Narrows `values` with `body(source, destination, count)` into an array of `T`.
-    func narrow<T>(_ values: [Float], to _: T.Type, _ body: (UnsafeRawPointer, UnsafeMutableRawPointer, Int) -> Void) -> [T] {
+    func narrow<T>(_ values: [Float], to _: T.Type, _ body: (UnsafeRawPointer, UnsafeMutableRawPointer, Int) -> Void)
+        -> [T]
+    {
         let out = UnsafeMutableRawPointer.allocate(byteCount: values.count * MemoryLayout<T>.stride, alignment: 64)
         defer { out.deallocate() }
         values.withUnsafeBytes { body($0.baseAddress!, out, values.count) }

@@ -97,7 +97,9 @@ extension Float16: KernelTestElement {
 extension BFloat16: KernelTestElement {
     static func sample(_ random: inout SplitMix) -> BFloat16 {
         if random.below(8) == 0 {
-            let specials: [UInt16] = [0x7FC0, 0xFFC1, 0x7F80, 0xFF80, 0, 0x8000, 0x0001, 0x8080, 0x7F7F, 0x0040, 0x807F]
+            let specials: [UInt16] = [
+                0x7FC0, 0xFFC1, 0x7F80, 0xFF80, 0, 0x8000, 0x0001, 0x8080, 0x7F7F, 0x0040, 0x807F,
+            ]
             return BFloat16(bitPattern: specials[random.below(specials.count)])
         }
         return BFloat16(floatSample(&random, specials: [0]))
@@ -108,9 +110,9 @@ extension BFloat16: KernelTestElement {
     }
 }
 
-/// Lengths that meet every loop boundary of every vector width (8, 16, 64 lanes): 0, 1, lanes − 1,
+/// Lengths that meet every loop boundary of every vector width (8, 16, 32, 64 lanes): 0, 1, lanes − 1,
 /// lanes, lanes + 1, a few vectors plus a tail, and a large odd count.
-let kernelLengths = [0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 200, 4099]
+let kernelLengths = [0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129, 200, 4099]
 
 /// Byte offsets of the buffers from a 64-byte boundary: aligned, odd, and not a multiple of any element.
 let kernelOffsets = [0, 1, 3, 6]
@@ -135,7 +137,9 @@ struct OffsetBuffer {
 
     /// Copies `values` in at `start` (unaligned stores).
     func write<T>(_ values: [T]) {
-        for (i, v) in values.enumerated() { start.storeBytes(of: v, toByteOffset: i * MemoryLayout<T>.stride, as: T.self) }
+        for (i, v) in values.enumerated() {
+            start.storeBytes(of: v, toByteOffset: i * MemoryLayout<T>.stride, as: T.self)
+        }
     }
 
     /// `count` values read from `start` (unaligned loads).

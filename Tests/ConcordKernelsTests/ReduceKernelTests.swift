@@ -2,10 +2,9 @@
 // (`TestElement.combine`, which states the intended semantics element by element), on every kernel path
 // this machine can run, at every loop boundary, at unaligned byte offsets, in place, and for `scale`.
 import ConcordCore
+import ConcordKernels
 import ConcordTestSupport
 import Testing
-
-import ConcordKernels
 
 /// The kernel paths this CPU can run (portable always; AVX-512 BF16 where present).
 let availablePaths = KernelPath.allCases.filter(\.isAvailable)
@@ -48,7 +47,9 @@ struct ReduceKernelTests {
         }
     }
 
-    @Test("scale multiplies like the reference (avg's last step)", arguments: [DataType.float32, .float64, .float16, .bfloat16])
+    @Test(
+        "scale multiplies like the reference (avg's last step)",
+        arguments: [DataType.float32, .float64, .float16, .bfloat16])
     func scale(dataType: DataType) {
         for path in availablePaths {
             for factor in [0.25, 1.0 / 3, 1.0 / 7, 3.0] {
@@ -68,14 +69,25 @@ struct ReduceKernelTests {
         for path in availablePaths {
             for op in ReduceOp.allCases {
                 checkPairs(Float.self, Float.kernelTestSpecials + [1, -1.5, 0x1p-130, -0x1p-140], op, path)
-                checkPairs(Double.self, [.nan, .infinity, -.infinity, 0, -0.0, .leastNonzeroMagnitude, -1e-310, 1, -2.5, .greatestFiniteMagnitude], op, path)
+                checkPairs(
+                    Double.self,
+                    [
+                        .nan, .infinity, -.infinity, 0, -0.0, .leastNonzeroMagnitude, -1e-310, 1, -2.5,
+                        .greatestFiniteMagnitude,
+                    ], op, path)
                 checkPairs(
                     Float16.self,
-                    [.nan, .infinity, -.infinity, 0, -0.0, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, Float16(bitPattern: 0x0155), .greatestFiniteMagnitude, 60000, -1, 1.5],
+                    [
+                        .nan, .infinity, -.infinity, 0, -0.0, .leastNonzeroMagnitude, -.leastNonzeroMagnitude,
+                        Float16(bitPattern: 0x0155), .greatestFiniteMagnitude, 60000, -1, 1.5,
+                    ],
                     op, path)
                 checkPairs(
                     BFloat16.self,
-                    [0x7FC0, 0xFFC1, 0x7F81, 0x7F80, 0xFF80, 0, 0x8000, 0x0001, 0x8003, 0x0040, 0x807F, 0x0080, 0x7F7F, 0x3F80, 0xBFC0].map(BFloat16.init(bitPattern:)),
+                    [
+                        0x7FC0, 0xFFC1, 0x7F81, 0x7F80, 0xFF80, 0, 0x8000, 0x0001, 0x8003, 0x0040, 0x807F, 0x0080,
+                        0x7F7F, 0x3F80, 0xBFC0,
+                    ].map(BFloat16.init(bitPattern:)),
                     op, path)
             }
         }
@@ -107,7 +119,10 @@ struct ReduceKernelTests {
             var d = d + [Float](repeating: 1, count: 16)  // the vector loop, then the scalar tail
             let s = s + [Float](repeating: 1, count: 16)
             d.withUnsafeMutableBytes { d in
-                s.withUnsafeBytes { s in ReduceKernels.reducer(op: op, dataType: .float32).combine(d.baseAddress!, s.baseAddress!, d.count / 4) }
+                s.withUnsafeBytes { s in
+                    ReduceKernels.reducer(op: op, dataType: .float32).combine(
+                        d.baseAddress!, s.baseAddress!, d.count / 4)
+                }
             }
             return d
         }
@@ -124,7 +139,9 @@ struct ReduceKernelTests {
         }
     }
 
-    @Test("the portable and AVX-512 BF16 paths give the same bits on every op", .enabled(if: KernelPath.avx512BF16.isAvailable))
+    @Test(
+        "the portable and AVX-512 BF16 paths give the same bits on every op",
+        .enabled(if: KernelPath.avx512BF16.isAvailable))
     func pathsAgree() {
         let count = 20_011
         let a = samples(BFloat16.self, count: count, seed: 7)
@@ -135,7 +152,8 @@ struct ReduceKernelTests {
                 var d = a
                 d.withUnsafeMutableBytes { d in
                     b.withUnsafeBytes { s in
-                        ReduceKernels.reducer(op: op, dataType: .bfloat16, path: path).combine(d.baseAddress!, s.baseAddress!, count)
+                        ReduceKernels.reducer(op: op, dataType: .bfloat16, path: path).combine(
+                            d.baseAddress!, s.baseAddress!, count)
                     }
                 }
                 results.append(d.map(\.bitPattern))
@@ -158,7 +176,10 @@ struct ReduceKernelTests {
             for (dOffset, sOffset) in zip(kernelOffsets, kernelOffsets.reversed()) {
                 let d = OffsetBuffer(bytes: length * size, offset: dOffset)
                 let s = OffsetBuffer(bytes: length * size, offset: sOffset)
-                defer { d.deallocate(); s.deallocate() }
+                defer {
+                    d.deallocate()
+                    s.deallocate()
+                }
                 d.write(a)
                 s.write(b)
                 reducer.combine(d.start, UnsafeRawPointer(s.start), length)
@@ -186,7 +207,8 @@ struct ReduceKernelTests {
         }
         let got = d.read(T.self, count: a.count)
         for i in a.indices where !got[i].matches(T.combine(a[i], b[i], op)) {
-            Issue.record("\(T.dataType) \(op) [\(path)]: \(a[i]) op \(b[i]) = \(got[i]), expected \(T.combine(a[i], b[i], op))")
+            Issue.record(
+                "\(T.dataType) \(op) [\(path)]: \(a[i]) op \(b[i]) = \(got[i]), expected \(T.combine(a[i], b[i], op))")
         }
     }
 
@@ -201,7 +223,8 @@ struct ReduceKernelTests {
             reducer.combine(buffer.start, UnsafeRawPointer(buffer.start), length)
             let got = buffer.read(T.self, count: length)
             let wrong = (0..<length).filter { !got[$0].matches(T.combine(a[$0], a[$0], op)) }
-            #expect(wrong.isEmpty, "\(T.dataType) \(op) [\(path)] in place, length \(length): wrong at \(wrong.prefix(5))")
+            #expect(
+                wrong.isEmpty, "\(T.dataType) \(op) [\(path)] in place, length \(length): wrong at \(wrong.prefix(5))")
         }
     }
 
@@ -214,7 +237,9 @@ struct ReduceKernelTests {
             ReduceKernels.scale(buffer.start, count: length, dataType: T.dataType, by: factor, path: path)
             let got = buffer.read(T.self, count: length)
             let wrong = (0..<length).filter { !got[$0].matches(a[$0].scaled(by: factor)) }
-            #expect(wrong.isEmpty, "\(T.dataType) scale by \(factor) [\(path)] length \(length): wrong at \(wrong.prefix(5))")
+            #expect(
+                wrong.isEmpty,
+                "\(T.dataType) scale by \(factor) [\(path)] length \(length): wrong at \(wrong.prefix(5))")
             #expect(buffer.guardsIntact(length: length * MemoryLayout<T>.stride))
         }
     }

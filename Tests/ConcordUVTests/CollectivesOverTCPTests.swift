@@ -7,14 +7,17 @@ import Testing
 @Suite("Collectives over libuv TCP", .serialized, .timeLimit(.minutes(3)))
 struct CollectivesOverTCPTests {
     /// Joins `n` ranks and runs `body` on each; returns each rank's result.
-    static func ranks<R: Sendable>(_ n: Int, _ body: @escaping @Sendable (Communicator) async throws -> R) async -> [Result<R, any Error>] {
+    static func ranks<R: Sendable>(_ n: Int, _ body: @escaping @Sendable (Communicator) async throws -> R) async
+        -> [Result<R, any Error>]
+    {
         let port = freeTCPPort()
         return await withTaskGroup(of: (Int, Result<R, any Error>).self) { group in
             for rank in 0..<n {
                 group.addTask {
                     do {
                         let comm = try await Communicator(
-                            configuration: Configuration(rank: rank, worldSize: n, masterPort: port, joinTimeout: 20, peerTimeout: 5))
+                            configuration: Configuration(
+                                rank: rank, worldSize: n, masterPort: port, joinTimeout: 20, peerTimeout: 5))
                         comm.segmentBytes = 1024
                         defer { comm.shutdownBlocking() }
                         return (rank, .success(try await body(comm)))
@@ -42,11 +45,16 @@ struct CollectivesOverTCPTests {
             // reduceScatter, wrapping int8 products
             let blocks = (0..<(n * count)).map { Fixture.value(Int8.self, rank: r, index: $0, op: .prod) }
             let mine = try await comm.reduceScatter(blocks, op: .prod)
-            ok = ok && mine == (0..<count).map { Fixture.expected(Int8.self, worldSize: n, index: r * count + $0, op: .prod) }
+            ok =
+                ok
+                && mine
+                    == (0..<count).map { Fixture.expected(Int8.self, worldSize: n, index: r * count + $0, op: .prod) }
             // allGather of bfloat16
             let part = (0..<count).map { Fixture.value(BFloat16.self, rank: r, index: r * count + $0, op: .sum) }
             let all = try await comm.allGather(part)
-            ok = ok && all == (0..<(n * count)).map { Fixture.value(BFloat16.self, rank: $0 / count, index: $0, op: .sum) }
+            ok =
+                ok
+                && all == (0..<(n * count)).map { Fixture.value(BFloat16.self, rank: $0 / count, index: $0, op: .sum) }
             // broadcast of int64 from the last rank
             var longs = (0..<count).map { Int64(r * 1_000_000 + $0) }
             try await comm.broadcast(&longs, root: n - 1)
@@ -55,7 +63,8 @@ struct CollectivesOverTCPTests {
             var doubles = (0..<count).map { Fixture.value(Double.self, rank: r, index: $0, op: .max) }
             let before = doubles
             try await comm.reduce(&doubles, root: 0, op: .max)
-            let want = r == 0 ? (0..<count).map { Fixture.expected(Double.self, worldSize: n, index: $0, op: .max) } : before
+            let want =
+                r == 0 ? (0..<count).map { Fixture.expected(Double.self, worldSize: n, index: $0, op: .max) } : before
             ok = ok && doubles == want
             return ok
         }
