@@ -180,12 +180,13 @@ final class RawSender: @unchecked Sendable {
 
     func start(_ source: UnsafeRawPointer, bytes: Int, chunk: Int, span: Int) {
         if thread == nil {
-            let thread = Thread { [unowned self] in
+            // The thread keeps the sender alive until `stop` lets it return.
+            let thread = Thread {
                 while true {
-                    request.wait()
-                    guard let job else { return }
-                    write(job.source, bytes: job.bytes, chunk: job.chunk, span: job.span)
-                    completed.signal()
+                    self.request.wait()
+                    guard let job = self.job else { return }
+                    self.write(job.source, bytes: job.bytes, chunk: job.chunk, span: job.span)
+                    self.completed.signal()
                 }
             }
             thread.start()
