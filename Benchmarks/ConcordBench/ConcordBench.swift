@@ -14,9 +14,10 @@ struct ConcordBench: ParsableCommand {
         abstract: "Benchmarks Concord's collectives in the style of nccl-tests.",
         discussion: """
             Start one process per rank with a launcher, e.g.
-              concord run -n 4 -- concord-bench allreduce -b 8 -e 64M -f 2
-            Rank 0 prints a table: size, count, type, redop, time (us), algbw and busbw (GB/s), #wrong.
-            busbw = algbw * 2(n-1)/n for all-reduce: the bytes each ring link carries per second.
+              concord run -n 4 -- concord-bench allreduce -b 8 -e 64M -f 2 -d float -o sum
+            Rank 0 prints a table: size, count, type, redop, root, time (us), algbw and busbw (GB/s), #wrong.
+            busbw = algbw x the bus factor: 2(n-1)/n for allreduce, (n-1)/n for reducescatter and allgather,
+            1 for broadcast and reduce: the bytes each ring link carries per second. `kernels` runs alone.
             """,
         subcommands: [
             AllReduceBench.self, ReduceScatterBench.self, AllGatherBench.self, BroadcastBench.self, ReduceBench.self,

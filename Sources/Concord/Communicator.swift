@@ -1,4 +1,3 @@
-import ConcordCollectives
 // The public face of Concord: a group of ranks that run collectives together.
 //
 // A Communicator owns one libuv event loop on its own thread. Every collective is a job on that thread:
@@ -6,6 +5,7 @@ import ConcordCollectives
 // step of the ring crosses threads. The async API suspends the caller with a continuation that the loop
 // thread resumes (no thread of Swift's cooperative pool ever blocks on the network); the blocking API
 // waits on a semaphore. Collectives run in the order they are called.
+import ConcordCollectives
 @_exported import ConcordCore
 import ConcordUV
 import Foundation

@@ -2,7 +2,7 @@
 ///
 /// The raw value is the dtype's code on the wire (see docs/wire-format.md); new types get new codes and
 /// never reuse one. `description` is the name nccl-tests prints in its `type` column (and `-d` accepts).
-public enum DataType: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+public enum DataType: UInt8, Sendable, NamedCases {
     /// IEEE-754 binary32 (`Float`).
     case float32 = 1
     /// IEEE-754 binary64 (`Double`).
@@ -49,19 +49,13 @@ public enum DataType: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         }
     }
 
-    /// The type nccl-tests calls `name` (`float`, `double`, `half`, `bfloat16`, `int8`, `uint8`, `int32`,
-    /// `int64`), or nil.
-    public init?(name: String) {
-        guard let match = Self.allCases.first(where: { $0.description == name }) else { return nil }
-        self = match
-    }
 }
 
 /// How a reduction combines the values of all ranks, element by element.
 ///
 /// The raw value is the op's code on the wire. Integer `sum` and `prod` wrap around (two's complement);
 /// `avg` is `sum` then a multiplication by 1/worldSize, defined for floating-point types only.
-public enum ReduceOp: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+public enum ReduceOp: UInt8, Sendable, NamedCases {
     case sum = 1
     case prod = 2
     case min = 3
@@ -77,12 +71,6 @@ public enum ReduceOp: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         case .max: return "max"
         case .avg: return "avg"
         }
-    }
-
-    /// The op nccl-tests calls `name`, or nil.
-    public init?(name: String) {
-        guard let match = Self.allCases.first(where: { $0.description == name }) else { return nil }
-        self = match
     }
 
     /// Whether `self` is defined on `dataType`.
@@ -113,5 +101,16 @@ public enum CollectiveKind: UInt8, Sendable, CaseIterable, CustomStringConvertib
         case .broadcast: return "broadcast"
         case .reduce: return "reduce"
         }
+    }
+}
+
+/// An enum whose cases are known by their `description` (nccl-tests' spelling, as `-d` and `-o` take it).
+public protocol NamedCases: CaseIterable, CustomStringConvertible {}
+
+extension NamedCases {
+    /// The case whose description is `name` (`float`, `half`, `sum`, `avg`, ...), or nil.
+    public init?(name: String) {
+        guard let match = Self.allCases.first(where: { $0.description == name }) else { return nil }
+        self = match
     }
 }

@@ -54,6 +54,47 @@ struct ProcessTests {
         }
     }
 
+    @Test("concord-bench's help names every subcommand and the nccl-tests flags")
+    func benchHelp() throws {
+        let bench = try Self.executable("concord-bench")
+        let root = try ChildProcess(bench, ["--help"])
+        #expect(root.wait(seconds: 30))
+        for name in ["allreduce", "reducescatter", "allgather", "broadcast", "reduce", "rawring", "kernels", "busbw"] {
+            #expect(root.stdout.contains(name), "\(name) missing from: \(root.stdout)")
+        }
+        let sub = try ChildProcess(bench, ["allreduce", "--help"])
+        #expect(sub.wait(seconds: 30))
+        for flag in [
+            "-b <", "-e <", "-f <", "-n <", "-w <", "-c <", "-d <", "-o <", "--json", "--raw-ring", "--out-of-place",
+        ] {
+            #expect(sub.stdout.contains(flag), "\(flag) missing from: \(sub.stdout)")
+        }
+    }
+
+    @Test("--json writes one row per size with the table's fields")
+    func jsonRows() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "concord-rows-\(UUID().uuidString).json")
+        defer { try? FileManager.default.removeItem(at: path) }
+        let child = try ChildProcess(
+            try Self.executable("concord"),
+            [
+                "run", "-n", "2", "--", try Self.executable("concord-bench"), "allreduce", "-b", "1K", "-e", "64K",
+                "-f", "8",
+                "-n", "1", "-w", "0", "-d", "int32", "-o", "max", "--json", path.path,
+            ])
+        defer { child.kill() }
+        #expect(child.wait(seconds: 120))
+        #expect(child.exitStatus == 0, "\(child.stderr)")
+        let rows = try #require(JSONSerialization.jsonObject(with: Data(contentsOf: path)) as? [[String: Any]])
+        #expect(rows.count == 3)
+        #expect(rows.map { $0["bytes"] as? Int } == [1024, 8192, 65536])
+        for row in rows {
+            #expect(row["type"] as? String == "int32" && row["redop"] as? String == "max" && row["ranks"] as? Int == 2)
+            #expect(row["wrong"] as? Int == 0 && (row["busbw"] as? Double ?? -1) >= 0)
+        }
+    }
+
     /// Starts 3 bench ranks in a long all-reduce loop, lets the ring run, does `harm` to rank 1, and
     /// checks that ranks 0 and 2 exit non-zero within `seconds`, naming themselves and rank 1.
     func survivorsName(_ harm: (ChildProcess) -> Void, within seconds: Double, peerTimeout: Int) throws {
