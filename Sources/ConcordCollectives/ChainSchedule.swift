@@ -75,19 +75,16 @@ public struct ChainSchedule: Sendable, Equatable {
 }
 
 extension RingCollectives {
-    /// Closes a chain into a ring: the tail sends one empty frame, tagged like the collective's segments
-    /// at offset `count`, to the head, which waits for it. Every rank thus receives and checks at least one
-    /// frame of the collective, so ranks that disagree on root, count, dtype or op all fail (none finishes
-    /// its part unaware), at the cost of one hop of latency for the head.
-    static func closeChain(_ plan: ChainSchedule, tag: SegmentTag, transport: Transport) throws {
+    /// Opens a chain collective with one empty frame on every link of the ring (offset `count`, length 0),
+    /// each rank sending before it receives. A chain gives some ranks nothing to receive (the head) and
+    /// others nothing to send (the tail); this first exchange makes every rank check one frame of its left
+    /// before any data moves, so ranks that disagree on the root, count, dtype or op all fail at once
+    /// instead of finishing unaware or waiting on each other for ever. Cost: one hop of latency.
+    static func openChain(_ plan: ChainSchedule, tag: SegmentTag, transport: Transport) throws {
         guard plan.worldSize > 1 else { return }
-        if !plan.sends {
-            _ = try transport.send(to: plan.right, tag: tag, from: UnsafeRawBufferPointer(start: nil, count: 0))
-        }
-        if !plan.receives {
-            let closing = try transport.receive(
-                from: plan.left, tag: tag, into: UnsafeMutableRawBufferPointer(start: nil, count: 0), reducer: nil)
-            try transport.wait(closing)
-        }
+        _ = try transport.send(to: plan.right, tag: tag, from: UnsafeRawBufferPointer(start: nil, count: 0))
+        let opening = try transport.receive(
+            from: plan.left, tag: tag, into: UnsafeMutableRawBufferPointer(start: nil, count: 0), reducer: nil)
+        try transport.wait(opening)
     }
 }

@@ -14,10 +14,9 @@
 //
 // Cost per rank: S = count·size bytes received (but the root) and sent (but root-1); busbw = algbw
 // (nccl-tests' factor 1: each link carries S). A zero-element broadcast still sends one empty frame per
-// link. The tail closes the chain into a ring with one empty frame to the root (`closeChain`), so every
-// rank checks at least one frame: ranks that disagree on the root, count or dtype are caught (frames
-// carry the root). A rank upstream of a disagreement may still finish before it is seen downstream; the
-// ring's abort then fails its next call.
+// link. Before any data, every rank sends one empty frame to its right and checks the one from its left
+// (`openChain`): ranks that disagree on the root, count, dtype or op all fail at once (frames carry the
+// root), where a bare chain would let some finish unaware or wait on each other for ever.
 import ConcordCore
 
 extension RingCollectives {
@@ -69,6 +68,12 @@ extension RingCollectives {
                 collective: .broadcast, sequence: sequence, dataType: dataType, op: .sum, count: count,
                 offset: range.lowerBound, length: range.count, root: root)
         }
+        try openChain(
+            plan,
+            tag: SegmentTag(
+                collective: .broadcast, sequence: sequence, dataType: dataType, op: .sum, count: count, offset: count,
+                length: 0, root: root),
+            transport: transport)
 
         if rank == root {
             let source = UnsafeMutableRawBufferPointer(mutating: input)  // only ever read
@@ -98,10 +103,6 @@ extension RingCollectives {
                 try postReceives(through: j + 1 + receiveWindow)
             }
         }
-        let closing = SegmentTag(
-            collective: .broadcast, sequence: sequence, dataType: dataType, op: .sum, count: count, offset: count,
-            length: 0, root: root)
-        try closeChain(plan, tag: closing, transport: transport)
         try transport.waitAll()
     }
 }

@@ -18,8 +18,8 @@
 //
 // Cost per rank: S = count·size bytes received (but root+1) and sent (but the root), S combined;
 // busbw = algbw (nccl-tests' factor 1). Extra memory: `reduceWindow` segments on the ranks between
-// root+1 and the root. A zero-element reduce still sends one empty frame per link; the root closes the
-// chain with one empty frame to root+1 (see RingCollectives+Broadcast.swift).
+// root+1 and the root. A zero-element reduce still sends one empty frame per link, and the chain is opened
+// by one empty frame on every link (`openChain`, see RingCollectives+Broadcast.swift).
 import ConcordCore
 import ConcordKernels
 
@@ -79,16 +79,18 @@ extension RingCollectives {
                 collective: .reduce, sequence: sequence, dataType: dataType, op: op, count: count,
                 offset: range.lowerBound, length: range.count, root: root)
         }
+        try openChain(
+            plan,
+            tag: SegmentTag(
+                collective: .reduce, sequence: sequence, dataType: dataType, op: op, count: count, offset: count,
+                length: 0, root: root),
+            transport: transport)
 
         if !plan.receives {  // root+1: its input is the first partial
             for j in 0..<plan.segments {
                 _ = try transport.send(
                     to: plan.right, tag: tag(j), from: UnsafeRawBufferPointer(slice(input, plan.segment(j), size)))
             }
-            let closing = SegmentTag(
-                collective: .reduce, sequence: sequence, dataType: dataType, op: op, count: count, offset: count,
-                length: 0, root: root)
-            try closeChain(plan, tag: closing, transport: transport)
             try transport.waitAll()
             return
         }
@@ -128,10 +130,6 @@ extension RingCollectives {
             }
             try postReceives(through: j + 1 + receiveWindow)
         }
-        let closing = SegmentTag(
-            collective: .reduce, sequence: sequence, dataType: dataType, op: op, count: count, offset: count,
-            length: 0, root: root)
-        try closeChain(plan, tag: closing, transport: transport)
         try transport.waitAll()
     }
 }

@@ -115,6 +115,18 @@ struct CollectiveErrorTests {
         }
     }
 
+    @Test("ranks that name different roots fail, naming both roots", arguments: [Collective.broadcast, .reduce])
+    func rootMismatch(_ collective: Collective) {
+        for (n, odd) in [(2, 1), (3, 2), (4, 1)] {
+            let calls = (0..<n).map { rank in
+                Call(collective: collective, dataType: .float32, count: 10, root: rank == odd ? n - 1 : 0)
+            }
+            let errors = Self.expectEveryRankFails(
+                calls, mentioning: ["root 0", "root \(n - 1)"], mayFinish: Self.upstream(of: odd, calls[0], ranks: n))
+            #expect(Self.mismatches(errors, what: "root") >= 1, "\(collective) n=\(n): \(errors)")
+        }
+    }
+
     @Test(
         "avg on an integer type: invalidArgument on every rank, at once",
         arguments: [Collective.allReduce, .reduceScatter, .reduce])
