@@ -120,17 +120,9 @@ extension Communicator {
                 try check(
                     input.count == n * count, rank: transport.rank,
                     "reduceScatter input holds \(input.count) elements, not \(n) blocks of \(count)")
-                if output.bytes.baseAddress
-                    == input.bytes.baseAddress.map({ $0 + transport.rank * count * dataType.size })
-                {
-                    try RingCollectives.reduceScatter(
-                        input.bytes, count: count, dataType: dataType, op: op, sequence: sequence,
-                        transport: transport, segmentBytes: segment)
-                } else {
-                    try RingCollectives.reduceScatter(
-                        input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: count,
-                        dataType: dataType, op: op, sequence: sequence, transport: transport, segmentBytes: segment)
-                }
+                try RingCollectives.reduceScatter(
+                    input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: count,
+                    dataType: dataType, op: op, sequence: sequence, transport: transport, segmentBytes: segment)
             }
         }
     }
@@ -181,17 +173,9 @@ extension Communicator {
                 try check(
                     output.count == n * count, rank: transport.rank,
                     "allGather output holds \(output.count) elements, not \(n) blocks of \(count)")
-                if input.bytes.baseAddress
-                    == output.bytes.baseAddress.map({ $0 + transport.rank * count * dataType.size })
-                {
-                    try RingCollectives.allGather(
-                        output.bytes, count: count, dataType: dataType, sequence: sequence, transport: transport,
-                        segmentBytes: segment)
-                } else {
-                    try RingCollectives.allGather(
-                        input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: count,
-                        dataType: dataType, sequence: sequence, transport: transport, segmentBytes: segment)
-                }
+                try RingCollectives.allGather(
+                    input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: count,
+                    dataType: dataType, sequence: sequence, transport: transport, segmentBytes: segment)
             }
         }
     }

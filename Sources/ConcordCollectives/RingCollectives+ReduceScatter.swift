@@ -100,6 +100,12 @@ extension RingCollectives {
         try validate(op: op, on: dataType, rank: rank)
         let input = UnsafeMutableRawBufferPointer(mutating: input)  // only ever read
         let own = rank * count
+        if UnsafeRawPointer(output.baseAddress) == UnsafeRawPointer(input.baseAddress.map { $0 + own * size }) {
+            // NCCL's in-place layout: the in-place ring needs no scratch.
+            return try reduceScatter(
+                input, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,
+                segmentBytes: segmentBytes)
+        }
         copy(count * size, from: UnsafeRawBufferPointer(slice(input, own..<(own + count), size)), to: output)
         if n == 1 { return }
         let plan = reduceScatterPlan(transport: transport, count: count, dataType: dataType, segmentBytes: segmentBytes)
