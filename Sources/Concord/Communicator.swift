@@ -1,10 +1,11 @@
 // The public face of Concord: a group of ranks that run collectives together.
 //
-// A Communicator owns one libuv event loop on its own thread. Every collective is a job on that thread:
-// the ring algorithm runs there as plain sequential code and each of its waits turns the loop, so no
-// step of the ring crosses threads. The async API suspends the caller with a continuation that the loop
-// thread resumes (no thread of Swift's cooperative pool ever blocks on the network); the blocking API
-// waits on a semaphore. Collectives run in the order they are called.
+// A Communicator owns one libuv event loop (see EventLoop). A blocking collective runs on the caller's
+// own thread, which drives the loop for its duration: the ring algorithm is plain sequential code and
+// each of its waits turns the loop, so neither the collective nor any ring step crosses threads. The
+// async API queues the collective as a job for the loop's service thread and suspends the caller with a
+// continuation that the service thread resumes (no thread of Swift's cooperative pool ever blocks on the
+// network). Collectives run in the order they take the loop; each takes the next sequence number then.
 import ConcordCollectives
 @_exported import ConcordCore
 import ConcordUV
@@ -47,8 +48,8 @@ public final class Communicator: @unchecked Sendable {
 
     /// Bytes a reducing receive reads at a time before combining them (a tuning knob; see docs/algorithms.md).
     package var reduceChunkBytes: Int {
-        get { (try? loop.call { [transport] in transport.reduceChunkBytes }) ?? 0 }
-        set { try? loop.call { [transport] in transport.reduceChunkBytes = newValue } }
+        get { loop.drive { transport.reduceChunkBytes } }
+        set { loop.drive { transport.reduceChunkBytes = newValue } }
     }
 
     /// Joins the group described by the environment (see `Configuration(environment:)`).
@@ -74,7 +75,7 @@ public final class Communicator: @unchecked Sendable {
         let loop = try EventLoop(name: "concord-\(configuration.rank)")
         let transport: UVTransport
         do {
-            transport = try loop.call { try Self.join(loop: loop, configuration) }
+            transport = try loop.drive { try Self.join(loop: loop, configuration) }
         } catch {
             loop.stop()
             throw error
@@ -104,6 +105,8 @@ public final class Communicator: @unchecked Sendable {
         options.peerTimeout = configuration.peerTimeout
         options.advertisedHost = configuration.advertisedHost
         options.listenPort = configuration.listenPort
+        options.medium = configuration.linkMedium
+        options.spinMicroseconds = configuration.spinMicroseconds
         let transport = try UVTransport(loop: loop, options: options)
         // A first barrier proves the whole ring carries frames before the caller gets the communicator.
         do {
@@ -139,12 +142,11 @@ public final class Communicator: @unchecked Sendable {
         }
     }
 
-    /// Runs `job` on the loop thread and blocks the calling thread until it ends.
-    func performBlocking(_ job: @escaping Job) throws {
+    /// Runs `job` on the calling thread, which drives the loop while it runs: no thread hand-off.
+    func performBlocking(_ job: Job) throws {
         try checkOpen()
-        precondition(!loop.isLoopThread, "a blocking collective cannot be called from the communicator's own thread")
         let segment = segmentBytes
-        try loop.call { [self] in try step(job, segment) }
+        try loop.drive { try step(job, segment) }
     }
 
     /// On the loop thread. A bad argument fails the communicator on every rank: the other ranks may

@@ -19,6 +19,13 @@ public struct Configuration: Sendable, Equatable {
     public var listenPort: Int
     /// Which launcher's variables supplied rank and world size, for messages.
     public var source: String
+    /// How ring neighbours on one host talk (`CONCORD_TRANSPORT`: tcp, shm or auto, the default).
+    public var linkMedium: LinkMedium = .auto
+    /// Microseconds a rank waiting for a small transfer polls before it sleeps (`CONCORD_SPIN_US`,
+    /// default 50; 0 never spins). Spinning saves a thread wake-up per ring step.
+    public var spinMicroseconds = Configuration.defaultSpinMicroseconds
+
+    public static let defaultSpinMicroseconds = 50
 
     public static let defaultMasterPort = 29500
 
@@ -107,5 +114,17 @@ public struct Configuration: Sendable, Equatable {
             peerTimeout: try seconds("CONCORD_PEER_TIMEOUT", default: 10),
             advertisedHost: env["CONCORD_HOST"].flatMap { $0.isEmpty ? nil : $0 }, listenPort: listenPort,
             source: source)
+        if let text = env["CONCORD_TRANSPORT"], !text.isEmpty {
+            guard let medium = LinkMedium(rawValue: text.lowercased()) else {
+                throw ConcordError.invalidConfiguration("CONCORD_TRANSPORT=\(text) is not one of tcp, shm, auto")
+            }
+            linkMedium = medium
+        }
+        if let spin = try integer("CONCORD_SPIN_US") {
+            guard (0...1_000_000).contains(spin) else {
+                throw ConcordError.invalidConfiguration("CONCORD_SPIN_US=\(spin) must be in 0...1000000 microseconds")
+            }
+            spinMicroseconds = spin
+        }
     }
 }

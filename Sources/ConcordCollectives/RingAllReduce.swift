@@ -42,18 +42,25 @@ public enum RingCollectives {
     ///   - op: any op; `avg` only on floating-point types.
     ///   - sequence: this collective's number in the communicator's call sequence (same on every rank).
     ///   - segmentBytes: the largest payload of one frame.
+    ///   - gatherBytes: buffers of at most this many bytes pass whole around the ring instead (fewer steps;
+    ///     see RingCollectives+SmallAllReduce.swift); every rank must pass the same value.
     /// - Throws: `ConcordError.invalidArgument` when `op` is not defined on `dataType`; otherwise the
     ///   transport's `ConcordError` (peer lost, mismatch, ...). The buffer's content is then unspecified,
     ///   and the transport holds no reference to it.
     public static func allReduce(
         _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
-        sequence: UInt64, transport: Transport, segmentBytes: Int = defaultSegmentBytes
+        sequence: UInt64, transport: Transport, segmentBytes: Int = defaultSegmentBytes,
+        gatherBytes: Int = defaultGatherBytes
     ) throws {
         precondition(count >= 0 && buffer.count >= count * dataType.size, "buffer holds fewer than \(count) elements")
         try validate(op: op, on: dataType, rank: transport.rank)
         let n = transport.worldSize
         if n == 1 { return }
         let size = dataType.size
+        if count * size <= gatherBytes {
+            return try gatheringAllReduce(
+                buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
+        }
         let plan = RingSchedule(
             worldSize: n, rank: transport.rank, count: count, segmentElements: segmentElements(segmentBytes, size),
             pipelineElements: pipelineSegmentBytes / size)
@@ -86,7 +93,8 @@ public enum RingCollectives {
     /// - Throws: as `allReduce(_:count:...)`.
     public static func allReduce(
         input: UnsafeRawBufferPointer, output: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType,
-        op: ReduceOp, sequence: UInt64, transport: Transport, segmentBytes: Int = defaultSegmentBytes
+        op: ReduceOp, sequence: UInt64, transport: Transport, segmentBytes: Int = defaultSegmentBytes,
+        gatherBytes: Int = defaultGatherBytes
     ) throws {
         precondition(count >= 0 && input.count >= count * dataType.size, "input holds fewer than \(count) elements")
         precondition(output.count >= count * dataType.size, "output holds fewer than \(count) elements")
@@ -94,7 +102,7 @@ public enum RingCollectives {
         copy(count * dataType.size, from: input, to: output)
         try allReduce(
             output, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,
-            segmentBytes: segmentBytes)
+            segmentBytes: segmentBytes, gatherBytes: gatherBytes)
     }
 
     /// Returns on every rank only after every rank has called it: one reduce-scatter phase of empty

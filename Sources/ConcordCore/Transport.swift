@@ -134,3 +134,13 @@ public protocol Transport: AnyObject {
     /// Waits for every transfer posted so far.
     func waitAll() throws
 }
+
+/// How two ranks exchange bytes.
+public enum LinkMedium: String, Sendable, CaseIterable {
+    /// TCP sockets, also between ranks on one host.
+    case tcp
+    /// Shared memory between ranks on one host; refusing to start when a ring neighbour is elsewhere.
+    case shm
+    /// Shared memory with ring neighbours on the same host, TCP with the others.
+    case auto
+}

@@ -1,24 +1,37 @@
-// One libuv loop, one thread, one way in.
+// One libuv loop, driven by whichever thread needs it; a service thread keeps it turning in between.
 //
-//   other threads ──submit(job)──▶ [locked queue] ──uv_async_send──▶ loop thread
-//                                                                     ├─ uv_run(ONCE)
-//                                                                     └─ run queued jobs in order
+//   caller thread ── drive { collective } ──▶ owns the loop: runs the ring algorithm and every uv_run itself
+//   service thread ─ between drives ───────▶ owns the loop only while something is ready:
+//                     poll(epoll fd, wake fd) without the loop ─▶ uv_run(NOWAIT) with it ─▶ poll again
+//   async callers ── submit(job) ─▶ [locked queue] ─▶ wake fd ─▶ the service thread runs the job
 //
-// A job runs on the loop thread *between* turns of uv_run, so it may itself drive the loop with
-// `run(until:deadline:)` (which calls uv_run(ONCE) until its condition holds). This is how a collective
-// runs: its algorithm is ordinary sequential code on the loop thread, and every wait turns the loop, so a
-// ring step costs no thread hand-off at all; only the submission and the completion of a whole collective
-// cross threads. Callbacks never block; they record and return.
+// Ownership is a lock: whoever holds it may call libuv on the loop, and nobody else. A blocking
+// collective takes it on the caller's own thread, so a small collective costs no thread hand-off at all
+// (a wake-up costs 25-30 us on a small VM, more than a 4 KiB ring step). The service thread never sleeps
+// inside libuv: it waits on the loop's epoll descriptor (`uv_backend_fd`) with the lock released, which
+// libuv supports for exactly this split, so a caller can take the loop at any moment without waking
+// anyone. While a caller drives, the service thread backs off in millisecond naps instead of contending.
+// Heartbeats, liveness checks and control frames keep flowing whoever drives.
+//
+// While its condition does not hold, `run(until:deadline:)` first polls the loop without blocking for
+// `spinMicroseconds` (a short busy-poll, as MPI libraries do), then blocks in epoll: a reply that comes
+// within the spin is seen without a wake-up.
 internal import CLibUV
 import ConcordCore
 import Foundation
+import Synchronization
 
-/// A libuv loop running on a thread of its own.
+/// A libuv loop that a calling thread can drive directly, and a service thread turns otherwise.
 public final class EventLoop: @unchecked Sendable {
     let loop: UnsafeMutablePointer<uv_loop_t>
-    private let async: UnsafeMutablePointer<uv_async_t>
     private let wakeTimer: UnsafeMutablePointer<uv_timer_t>
     private let tickTimer: UnsafeMutablePointer<uv_timer_t>
+    /// Held by the thread that drives the loop.
+    private let ownership = NSLock()
+    /// `pthread_self()` of the driving thread, 0 when nobody drives.
+    private let driver = Atomic<UInt>(0)
+    /// A pipe the service thread polls besides the loop (read end) for new jobs and stop requests.
+    private let wakeFDs: (read: Int32, write: Int32)
     private let lock = NSLock()
     private var jobs: [() -> Void] = []
     private var stopRequested = false
@@ -26,25 +39,35 @@ public final class EventLoop: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private var tickHandlers: [(id: Int, body: () -> Void)] = []
     private var nextTickID = 0
+    /// Microseconds `run(until:)` polls without blocking before it sleeps in epoll (only its driver sets it).
+    var spinMicroseconds = 0
+    /// Whether a spinning driver yields the CPU between polls (when ranks outnumber cores).
+    var yieldWhileSpinning = false
     /// Whether `uv_loop_close` succeeded at the end, i.e. no handle leaked.
     public private(set) var closedCleanly = false
     /// The handle types still open when the loop stopped (empty when it closed cleanly).
     public private(set) var leakedHandles: [String] = []
-    private var threadID: pthread_t?
 
-    /// Creates the loop and starts its thread.
+    /// Creates the loop and starts its service thread.
     /// - Parameters:
-    ///   - name: the thread's name (shows in `top -H` and debuggers).
+    ///   - name: the service thread's name (shows in `top -H` and debuggers).
     ///   - tickMilliseconds: period of the housekeeping tick (heartbeats, liveness checks).
     public init(name: String, tickMilliseconds: UInt64 = 250) throws {
         // A write to a peer that died must fail with EPIPE (reported as a lost rank), not kill the process.
         signal(SIGPIPE, SIG_IGN)
+        var fds: [Int32] = [-1, -1]
+        if pipe(&fds) != 0 {
+            throw ConcordError.system(rank: -1, call: "pipe", code: errno, message: String(cString: strerror(errno)))
+        }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        wakeFDs = (fds[0], fds[1])
         loop = .allocate(capacity: 1)
-        async = .allocate(capacity: 1)
         wakeTimer = .allocate(capacity: 1)
         tickTimer = .allocate(capacity: 1)
         try uvCheck(uv_loop_init(loop), "uv_loop_init", rank: -1)
-        try uvCheck(uv_async_init(loop, async, { _ in }), "uv_async_init", rank: -1)
         try uvCheck(uv_timer_init(loop, wakeTimer), "uv_timer_init", rank: -1)
         try uvCheck(uv_timer_init(loop, tickTimer), "uv_timer_init", rank: -1)
         uv_unref(wakeTimer.asHandle)
@@ -65,82 +88,134 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     deinit {
+        close(wakeFDs.read)
+        close(wakeFDs.write)
         loop.deallocate()
-        async.deallocate()
         wakeTimer.deallocate()
         tickTimer.deallocate()
     }
 
-    // MARK: - Entering the loop from other threads
+    // MARK: - Driving the loop
 
-    /// Queues `job` to run on the loop thread after the jobs queued before it.
+    /// Whether the calling thread drives the loop now (inside `drive`, or a job of the service thread).
+    public var isLoopThread: Bool {
+        driver.load(ordering: .relaxed) == UInt(pthread_self())
+    }
+
+    /// Runs `body` on the calling thread as the loop's driver: it may call libuv and turn the loop. Waits
+    /// while another thread drives (a job of the service thread, a collective of another caller thread).
+    public func drive<T>(_ body: () throws -> T) rethrows -> T {
+        if isLoopThread { return try body() }
+        acquire()
+        defer { release() }
+        return try body()
+    }
+
+    private func acquire() {
+        // The service thread holds the loop for microseconds at a time: spin briefly before sleeping on it.
+        var tries = 0
+        while !ownership.try() {
+            tries += 1
+            if tries > 200 {
+                ownership.lock()
+                break
+            }
+            sched_yield()
+        }
+        driver.store(UInt(pthread_self()), ordering: .relaxed)
+    }
+
+    private func release() {
+        driver.store(0, ordering: .relaxed)
+        ownership.unlock()
+    }
+
+    // MARK: - Jobs for the service thread
+
+    /// Queues `job` to run on the service thread, as the loop's driver, after the jobs queued before it.
     public func submit(_ job: @escaping @Sendable () -> Void) {
         lock.lock()
         jobs.append(job)
         lock.unlock()
-        uv_async_send(async)
+        wake()
     }
 
-    /// Runs `job` on the loop thread and returns its result to the calling (non-loop) thread.
-    public func call<T>(_ job: @escaping () throws -> T) throws -> T {
-        precondition(!isLoopThread, "EventLoop.call from the loop thread would deadlock")
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var result: Result<T, any Error>?
-        nonisolated(unsafe) let job = job
-        submit {
-            result = Result { try job() }
-            done.signal()
-        }
-        done.wait()
-        return try result!.get()
-    }
-
-    /// Whether the caller runs on this loop's thread.
-    public var isLoopThread: Bool {
-        guard let id = threadID else { return false }
-        return pthread_equal(id, pthread_self()) != 0
-    }
-
-    /// Asks the thread to close every handle and stop after the jobs already queued; returns once it has
-    /// (or at once when called on the loop thread itself, which cannot wait for its own end).
+    /// Asks the service thread to close every handle and stop after the jobs already queued; returns once
+    /// it has (or at once when called by the loop's driver, which cannot wait for the end of its own drive).
     public func stop() {
         lock.lock()
         stopRequested = true
         lock.unlock()
-        uv_async_send(async)
+        wake()
         if !isLoopThread { finished.wait() }
     }
 
-    // MARK: - On the loop thread
+    private func wake() {
+        var byte: UInt8 = 1
+        _ = write(wakeFDs.write, &byte, 1)  // a full pipe already wakes the thread
+    }
+
+    // MARK: - The service thread
 
     private func main() {
-        threadID = pthread_self()
         while true {
+            lock.lock()
+            let pending = !jobs.isEmpty || stopRequested
+            lock.unlock()
+            if pending {
+                acquire()
+            } else if ownership.try() {
+                driver.store(UInt(pthread_self()), ordering: .relaxed)
+            } else {
+                // A caller drives the loop; it handles whatever is ready. Look again in a moment.
+                usleep(1000)
+                continue
+            }
             lock.lock()
             let batch = jobs
             jobs.removeAll()
-            let stopping = stopRequested
+            let stopping = stopRequested && batch.isEmpty
             lock.unlock()
-            if batch.isEmpty {
-                if stopping { break }
-                uv_run(loop, UV_RUN_ONCE)
-            } else {
-                for job in batch { job() }
+            if stopping {
+                closeEverything()
+                release()
+                break
             }
+            for job in batch { job() }
+            uv_run(loop, UV_RUN_NOWAIT)
+            let timeout = uv_backend_timeout(loop)
+            release()
+            if batch.isEmpty { waitForEvents(milliseconds: timeout) }
         }
-        closeEverything()
         thread = nil
         finished.signal()
     }
 
+    /// Sleeps until the loop has something ready, a job or stop arrives, or `milliseconds` pass (-1: no limit).
+    private func waitForEvents(milliseconds: Int32) {
+        var fds = [
+            pollfd(fd: uv_backend_fd(loop), events: Int16(POLLIN), revents: 0),
+            pollfd(fd: wakeFDs.read, events: Int16(POLLIN), revents: 0),
+        ]
+        _ = poll(&fds, 2, milliseconds)
+        if fds[1].revents != 0 {
+            var drain = [UInt8](repeating: 0, count: 64)
+            while read(wakeFDs.read, &drain, drain.count) > 0 {}
+        }
+    }
+
+    // MARK: - For the driver
+
     /// Turns the loop until `condition()` holds or `deadline` passes; returns whether the condition held.
-    /// Only on the loop thread, from a job (never from a callback).
+    /// Only by the loop's driver, never from a libuv callback. Polls without blocking for
+    /// `spinMicroseconds` before each sleep in epoll.
     @discardableResult
     func run(until condition: () -> Bool, deadline: Deadline) -> Bool {
         var armed = false
         defer { if armed { uv_timer_stop(wakeTimer) } }
         while !condition() {
             if deadline.hasPassed { return false }
+            if spinMicroseconds > 0 && spin(until: condition) { return true }
             if let ms = deadline.remainingMilliseconds {
                 uv_timer_start(wakeTimer, { _ in }, max(1, ms), 0)
                 armed = true
@@ -148,6 +223,17 @@ public final class EventLoop: @unchecked Sendable {
             uv_run(loop, UV_RUN_ONCE)
         }
         return true
+    }
+
+    /// Polls the loop without blocking until `condition()` holds (true) or the spin budget is spent (false).
+    private func spin(until condition: () -> Bool) -> Bool {
+        let end = ContinuousClock.now + .microseconds(spinMicroseconds)
+        repeat {
+            uv_run(loop, UV_RUN_NOWAIT)
+            if condition() { return true }
+            if yieldWhileSpinning { sched_yield() }
+        } while ContinuousClock.now < end
+        return false
     }
 
     /// Registers `body` to run on every housekeeping tick; returns a token for `removeTick`.
@@ -181,7 +267,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     private func isOwnHandle(_ handle: UnsafeMutablePointer<uv_handle_t>) -> Bool {
-        handle == async.asHandle || handle == wakeTimer.asHandle || handle == tickTimer.asHandle
+        handle == wakeTimer.asHandle || handle == tickTimer.asHandle
     }
 
     private func noteOpenHandle(_ handle: UnsafeMutablePointer<uv_handle_t>) {

@@ -37,6 +37,10 @@ public struct JoinOptions: Sendable {
     public var joinTimeout: Double = 60
     /// Seconds of silence after which a peer is declared lost.
     public var peerTimeout: Double = 10
+    /// How ring neighbours on this host are reached.
+    public var medium = LinkMedium.auto
+    /// Microseconds a wait for a small transfer polls before it sleeps (0: never).
+    public var spinMicroseconds = 50
 
     public init(rank: Int, worldSize: Int, masterHost: String, masterPort: Int, hostsStore: Bool? = nil) {
         self.rank = rank
@@ -66,10 +70,40 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private var tickID: Int?
     private var nextID = 0
     private var completed = Set<Int>()
-    private var outstanding: [Int] = []
+    /// Posted transfers not yet waited for, with their payload bytes, in posting order.
+    private var outstanding: [(id: Int, bytes: Int)] = []
+    /// Microseconds a wait for a small transfer polls before sleeping (see `EventLoop.run(until:)`);
+    /// at least 1000 with yields when ranks outnumber cores on this machine.
+    public private(set) var spinMicroseconds = 0
+    /// Transfers of at most this many bytes are waited for with a spin; larger ones sleep at once (their
+    /// bytes keep coming anyway, and a spinning rank takes the CPU the kernel needs to copy them).
+    public var spinLimitBytes = 256 << 10
     /// The first failure; once set, every call throws it.
     public private(set) var failure: ConcordError?
     private var isClosed = false
+
+    /// The machine of every rank (`nodeIdentity` as each published it); ranks on one machine share it.
+    public private(set) var nodes: [String] = []
+
+    /// Ranks running on this rank's machine, itself included.
+    public var ranksOnThisNode: Int { max(1, nodes.filter { $0 == Self.nodeIdentity }.count) }
+
+    /// Identifies this machine: the host name and the kernel's boot id (two containers on one host, which
+    /// cannot share memory, have different host names).
+    public static let nodeIdentity: String = {
+        let boot = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8)) ?? ""
+        return ProcessInfo.processInfo.hostName + "/" + boot.trimmingCharacters(in: .whitespacesAndNewlines)
+    }()
+
+    /// Spinning saves a wake-up per step when every rank has a core; when ranks outnumber cores a spinning
+    /// rank takes the core the rank it waits for needs, so it yields between polls (and may spin longer:
+    /// a yield costs little when nobody else is runnable).
+    private func configureSpinning() {
+        let oversubscribed = ranksOnThisNode > ProcessInfo.processInfo.activeProcessorCount
+        loop.yieldWhileSpinning = oversubscribed
+        spinMicroseconds = options.spinMicroseconds
+        if oversubscribed && spinMicroseconds > 0 { spinMicroseconds = max(spinMicroseconds, 1000) }
+    }
 
     /// The port of the store when this rank hosts it.
     public var storePort: Int? { store?.port }
@@ -121,12 +155,15 @@ public final class UVTransport: Transport, @unchecked Sendable {
             try client.set("session", session, deadline: deadline)
         }
         try client.set("rank/\(rank)", SocketAddress.format(host: host, port: listener.port), deadline: deadline)
-        let keys = ["session"] + (0..<worldSize).map { "rank/\($0)" }
+        try client.set("node/\(rank)", Self.nodeIdentity, deadline: deadline)
+        let keys = ["session"] + (0..<worldSize).map { "rank/\($0)" } + (0..<worldSize).map { "node/\($0)" }
         let values = try client.wait(for: keys, deadline: deadline) { [rank, options] missing in
             let ranks = missing.compactMap { $0.hasPrefix("rank/") ? Int($0.dropFirst(5)) : nil }.sorted()
             return .joinTimeout(rank: rank, missing: ranks.isEmpty ? [0] : ranks, seconds: options.joinTimeout)
         }
         session = values[0]
+        nodes = Array(values[(1 + worldSize)...])
+        configureSpinning()
         for (link, payload) in earlyHellos where !link.isClosing {
             self.link(link, received: FrameHeader(kind: .hello, sender: nil), payload: payload)
         }
@@ -207,7 +244,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
         try checkUsable()
         let link = link(sendingTo: peer)
         if let departed = link.failure { fail(departed) }
-        let id = newTransfer()
+        let id = newTransfer(bytes: bytes.count)
         link.write(FrameHeader(data: tag, sender: rank), payload: bytes, transfer: id)
         return TransferID(id)
     }
@@ -218,19 +255,21 @@ public final class UVTransport: Transport, @unchecked Sendable {
         try checkUsable()
         let link = link(receivingFrom: peer)
         if let departed = link.failure { fail(departed) }
-        let id = newTransfer()
+        let id = newTransfer(bytes: bytes.count)
         link.post(PostedReceive(id: id, tag: tag, destination: bytes.baseAddress, reducer: reducer))
         return TransferID(id)
     }
 
-    private func newTransfer() -> Int {
+    private func newTransfer(bytes: Int) -> Int {
         nextID += 1
-        outstanding.append(nextID)
+        outstanding.append((nextID, bytes))
         return nextID
     }
 
     public func wait(_ transfer: TransferID) throws {
         try checkUsable()
+        let bytes = outstanding.first { $0.id == transfer.raw }?.bytes ?? 0
+        loop.spinMicroseconds = bytes <= spinLimitBytes ? spinMicroseconds : 0
         // Bounded: the tick fails a silent link after the peer timeout, which ends this wait.
         loop.run(until: { self.completed.contains(transfer.raw) || self.failure != nil }, deadline: .never)
         if let failure {
@@ -238,11 +277,11 @@ public final class UVTransport: Transport, @unchecked Sendable {
             throw failure
         }
         completed.remove(transfer.raw)
-        outstanding.removeAll { $0 == transfer.raw }
+        outstanding.removeAll { $0.id == transfer.raw }
     }
 
     public func waitAll() throws {
-        while let id = outstanding.first { try wait(TransferID(id)) }
+        while let first = outstanding.first { try wait(TransferID(first.id)) }
     }
 
     // MARK: - Failure

@@ -32,10 +32,13 @@ struct Call: Sendable, CustomStringConvertible {
     var inPlace = false
     var segmentBytes = RingCollectives.defaultSegmentBytes
     var sequence: UInt64 = 1
+    /// All-reduce only: the largest buffer passed whole (0: always the ring).
+    var gatherBytes = RingCollectives.defaultGatherBytes
 
     var description: String {
         let placement = inPlace ? " in place" : ""
         return "\(collective)\(placement) \(dataType) \(op) count \(count) root \(root) segment \(segmentBytes)"
+            + (collective == .allReduce ? " gather \(gatherBytes)" : "")
     }
 
     /// Performs the call. In place, `output` is the one buffer (laid out as the in-place call wants).
@@ -47,11 +50,12 @@ struct Call: Sendable, CustomStringConvertible {
         switch (collective, inPlace) {
         case (.allReduce, true):
             try RingCollectives.allReduce(
-                output, count: count, dataType: dataType, op: op, sequence: q, transport: t, segmentBytes: s)
+                output, count: count, dataType: dataType, op: op, sequence: q, transport: t, segmentBytes: s,
+                gatherBytes: gatherBytes)
         case (.allReduce, false):
             try RingCollectives.allReduce(
                 input: input, output: output, count: count, dataType: dataType, op: op, sequence: q, transport: t,
-                segmentBytes: s)
+                segmentBytes: s, gatherBytes: gatherBytes)
         case (.reduceScatter, true):
             try RingCollectives.reduceScatter(
                 output, count: count, dataType: dataType, op: op, sequence: q, transport: t, segmentBytes: s)

@@ -7,7 +7,9 @@ import Testing
 @Suite("Ring all-reduce on the in-memory transport")
 struct InMemoryAllReduceTests {
     /// Runs an all-reduce of `counts[rank]` elements on every rank; returns each rank's result or error.
-    static func allReduce(ranks n: Int, counts: [Int], segmentBytes: Int, sequence: UInt64 = 1) -> [Result<
+    static func allReduce(
+        ranks n: Int, counts: [Int], segmentBytes: Int, gatherBytes: Int = 0, sequence: UInt64 = 1
+    ) -> [Result<
         [Float], any Error
     >] {
         let world = InMemoryWorld(worldSize: n, timeout: 20)
@@ -16,7 +18,7 @@ struct InMemoryAllReduceTests {
             try data.withUnsafeMutableBytes { bytes in
                 try RingCollectives.allReduce(
                     bytes, count: counts[rank], dataType: .float32, op: .sum, sequence: sequence,
-                    transport: world.transport(rank: rank), segmentBytes: segmentBytes)
+                    transport: world.transport(rank: rank), segmentBytes: segmentBytes, gatherBytes: gatherBytes)
             }
             return data
         }
@@ -38,11 +40,14 @@ struct InMemoryAllReduceTests {
         }
     }
 
-    @Test("every rank gets the exact sum", arguments: 1...8)
+    @Test("every rank gets the exact sum, ring and gathering", arguments: 1...8)
     func exactSums(ranks n: Int) {
         for count in Set([0, 1, max(0, n - 1), n, n + 1, 1_000_003]).sorted() {
-            let results = Self.allReduce(ranks: n, counts: Array(repeating: count, count: n), segmentBytes: 1 << 20)
-            Self.check(results, ranks: n, count: count)
+            for gather in [0, RingCollectives.defaultGatherBytes] {
+                let results = Self.allReduce(
+                    ranks: n, counts: Array(repeating: count, count: n), segmentBytes: 1 << 20, gatherBytes: gather)
+                Self.check(results, ranks: n, count: count)
+            }
         }
     }
 
@@ -54,9 +59,11 @@ struct InMemoryAllReduceTests {
         }
     }
 
-    @Test("a rank with another element count fails with both ranks and both counts named")
-    func countMismatch() {
-        let results = Self.allReduce(ranks: 3, counts: [100, 100, 99], segmentBytes: 1 << 20)
+    @Test(
+        "a rank with another element count fails with both ranks and both counts named (ring, gathering)",
+        arguments: [0, RingCollectives.defaultGatherBytes])
+    func countMismatch(gatherBytes: Int) {
+        let results = Self.allReduce(ranks: 3, counts: [100, 100, 99], segmentBytes: 1 << 20, gatherBytes: gatherBytes)
         let errors = results.compactMap { result -> ConcordError? in
             if case .failure(let error) = result { return error as? ConcordError }
             return nil

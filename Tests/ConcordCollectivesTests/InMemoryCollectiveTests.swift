@@ -81,13 +81,16 @@ struct InMemoryCollectiveTests {
         let counts = Set([0, 1, n - 1, n, n + 1, Self.largeCount(collective, ranks: n)]).sorted()
         // Consecutive runs take consecutive samples, so each collective goes through all of them.
         var next = (n - 1) * 12 + Collective.allCases.firstIndex(of: collective)! * 3
+        // All-reduce: both the ring (gather 0) and, for small buffers, the gathering algorithm.
+        let gathers = collective == .allReduce ? [0, RingCollectives.defaultGatherBytes] : [0]
         for count in counts {
-            for inPlace in [false, true] {
+            for (inPlace, gather) in [false, true].flatMap({ p in gathers.map { (p, $0) } }) {
                 let sample = Self.samples[next % Self.samples.count]
                 next += 1
-                let call = Call(
+                var call = Call(
                     collective: collective, dataType: sample.dataType, op: sample.op, count: count,
                     root: (count + next) % n, inPlace: inPlace)
+                call.gatherBytes = gather
                 let problems = Self.verify(call, ranks: n, wrapping: sample.wrapping)
                 #expect(problems.isEmpty, "\(sample): \(problems.prefix(4).joined(separator: "; "))")
             }
@@ -104,9 +107,10 @@ struct InMemoryCollectiveTests {
         ]
         for (count, segmentBytes, sample) in cases {
             for inPlace in [false, true] {
-                let call = Call(
+                var call = Call(
                     collective: collective, dataType: sample.dataType, op: sample.op, count: count, root: count % n,
                     inPlace: inPlace, segmentBytes: segmentBytes)
+                call.gatherBytes = 0  // the ring, cut into many segments
                 let problems = Self.verify(call, ranks: n, wrapping: sample.wrapping)
                 #expect(problems.isEmpty, "\(sample): \(problems.prefix(4).joined(separator: "; "))")
             }
@@ -124,8 +128,8 @@ struct InMemoryCollectiveTests {
         }
     }
 
-    @Test("avg ends bit-identical on every rank of an all-reduce")
-    func averageIsIdenticalEverywhere() {
+    @Test("avg ends bit-identical on every rank of an all-reduce, ring and gathering", arguments: [0, 1 << 20])
+    func averageIsIdenticalEverywhere(gatherBytes: Int) {
         // Inputs whose float16 sums round: the owner's scaling, not each rank's, decides the bits.
         let n = 3
         let count = 1001
@@ -135,7 +139,7 @@ struct InMemoryCollectiveTests {
             try data.withUnsafeMutableBytes {
                 try RingCollectives.allReduce(
                     $0, count: count, dataType: .float16, op: .avg, sequence: 1, transport: world.transport(rank: rank),
-                    segmentBytes: 64)
+                    segmentBytes: 64, gatherBytes: gatherBytes)
             }
             return data
         }
