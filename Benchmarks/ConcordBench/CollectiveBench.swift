@@ -112,6 +112,7 @@ struct CollectiveDriver<C: BenchedCollective> {
             emit("#")
             emit(table.header)
         }
+        let startResident = try comm.maxOverRanks(Double(peakResidentBytes()))
         var rows = [BenchRow]()
         var wrong = 0
         for dataType in options.dataTypes {
@@ -120,10 +121,15 @@ struct CollectiveDriver<C: BenchedCollective> {
                 wrong += try sweepSizes(dataType: dataType, op: op, table: table, rows: &rows)
             }
         }
+        let peak = try comm.maxOverRanks(Double(peakResidentBytes()))
+        let largestBuffers = Double(rows.map(\.bytes).max() ?? 0) * (options.outOfPlace ? 2 : 1)
         if comm.rank == 0 {
             let average = rows.isEmpty ? 0 : rows.map(\.busbw).reduce(0, +) / Double(rows.count)
             emit("# Out of bounds values : \(wrong) \(wrong == 0 ? "OK" : "FAILED")")
             emit("# Avg bus bandwidth    : \(String(format: "%.4g", average))")
+            emit(
+                "# Max RSS              : \(mebibytes(peak)) (largest rank; \(mebibytes(startResident)) before the sweep, "
+                    + "largest row's buffers \(mebibytes(largestBuffers)))")
             emit("#")
             if let path = sweep.json {
                 do { try writeJSON(rows, to: path) } catch { fail("cannot write \(path): \(error)") }
@@ -175,8 +181,12 @@ struct CollectiveDriver<C: BenchedCollective> {
             for _ in 0..<sweep.warmup { try call() }
             try comm.barrierBlocking()
             let start = now()
+            let cpuStart = cpuSeconds()
             for _ in 0..<sweep.iterations { try call() }
+            let cpu = (cpuSeconds() - cpuStart) / Double(sweep.iterations)
             let seconds = try comm.maxOverRanks((now() - start) / Double(sweep.iterations))
+            let cpuAverage = try comm.sumOverRanks(cpu) / Double(n)
+            let peak = Int(try comm.maxOverRanks(Double(peakResidentBytes())))
 
             var wrong: Int?
             if sweep.check == 1 {
@@ -201,7 +211,8 @@ struct CollectiveDriver<C: BenchedCollective> {
             var row = BenchRow(
                 collective: C.name, ranks: n, bytes: count * size, count: count, type: T.dataType.description,
                 redop: C.reduces ? op.description : "none", root: C.rooted ? options.root : -1,
-                timeMicroseconds: seconds * 1e6, algbw: algbw, busbw: algbw * C.busFactor(ranks: n), wrong: wrong)
+                timeMicroseconds: seconds * 1e6, cpuMicroseconds: cpuAverage * 1e6, peakResidentBytes: peak,
+                algbw: algbw, busbw: algbw * C.busFactor(ranks: n), wrong: wrong)
             let linkBytes = max(1, Int(Double(count * size) * C.busFactor(ranks: n)))
             for (baseline, ring) in baselines {
                 let rate = try ring.measure(

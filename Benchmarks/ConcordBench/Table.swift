@@ -11,6 +11,10 @@ struct BenchRow: Codable {
     /// The root rank of broadcast and reduce, -1 for the others (as nccl-tests prints it).
     var root: Int
     var timeMicroseconds: Double
+    /// CPU time (user + system, every thread) of one call, the average over ranks.
+    var cpuMicroseconds: Double?
+    /// The largest resident set of any rank so far (bytes), read after the row.
+    var peakResidentBytes: Int?
     var algbw: Double
     var busbw: Double
     var wrong: Int?
@@ -35,10 +39,10 @@ struct Table {
     var header: String {
         var top =
             "#" + pad("size", 11) + pad("count", 14) + pad("type", 10) + pad("redop", 8) + pad("root", 6)
-            + pad("time", 11) + pad("algbw", 9) + pad("busbw", 9) + pad("#wrong", 8)
+            + pad("time", 11) + pad("cpu", 9) + pad("algbw", 9) + pad("busbw", 9) + pad("#wrong", 8)
         var units =
             "#" + pad("(B)", 11) + pad("(elements)", 14) + pad("", 10) + pad("", 8) + pad("", 6)
-            + pad("(us)", 11) + pad("(GB/s)", 9) + pad("(GB/s)", 9) + pad("", 8)
+            + pad("(us)", 11) + pad("(us)", 9) + pad("(GB/s)", 9) + pad("(GB/s)", 9) + pad("", 8)
         for baseline in baselines {
             top += pad(baseline.title, 10) + pad("ratio", 7)
             units += pad("(GB/s)", 10) + pad("", 7)
@@ -51,6 +55,7 @@ struct Table {
             " " + pad("\(row.bytes)", 11) + pad("\(row.count)", 14) + pad(row.type, 10) + pad(row.redop, 8)
             + pad("\(row.root)", 6)
             + pad(fixed(row.timeMicroseconds, row.timeMicroseconds < 1e4 ? 1 : 0), 11)
+            + pad(row.cpuMicroseconds.map { fixed($0, $0 < 1e4 ? 1 : 0) } ?? "-", 9)
             + pad(fixed(row.algbw, 2), 9) + pad(fixed(row.busbw, 2), 9)
             + pad(row.wrong.map(String.init) ?? "N/A", 8)
         for baseline in baselines {
