@@ -11,11 +11,14 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # line naming the missing features (Sources/CConcordCPU). Measurements: docs/algorithms.md, Reduce kernels.
 ARCH       ?= $(if $(filter x86_64 amd64,$(shell uname -m)),x86-64-v3,)
 ARCH_FLAGS := $(if $(ARCH),-Xcc -march=$(ARCH))
-RELEASE    := -c release $(ARCH_FLAGS)
+# SWIFT_SCRATCH=DIR builds the release products in DIR instead of .build (e.g. to run `make compare` beside
+# another build).
+SWIFT_SCRATCH ?=
+RELEASE    := -c release $(ARCH_FLAGS) $(if $(SWIFT_SCRATCH),--scratch-path $(SWIFT_SCRATCH))
 BIN         = $(shell $(SWIFT) build $(RELEASE) --show-bin-path)
 TEST_LIMIT ?= 900
 
-.PHONY: all deps build test bench demo clean
+.PHONY: all deps build test bench demo compare compare-deps clean
 
 all: build
 
@@ -44,6 +47,36 @@ bench: build
 # The main job on built-in data: 4 local ranks, a checked all-reduce sweep with the bandwidth table.
 demo: build
 	$(BIN)/concord run -n 4 -- $(BIN)/concord-bench allreduce -b 4 -e 64M -f 4 -n 10 -w 2 -c 1
+
+# Concord next to Gloo and Open MPI on this machine: installs them when missing, builds the baselines in
+# Benchmarks/Baselines, runs everything interleaved ROUNDS times and prints one table per N; the JSON,
+# tables, SVG plot and logs go to COMPARE_OUT. Not part of `make test` (about 10 minutes at ROUNDS=3).
+ROUNDS        ?= 3
+COMPARE_OUT   ?= compare-results
+BASELINES     := Benchmarks/Baselines
+BASELINES_BIN := .build-baselines
+
+compare: build compare-deps $(BASELINES_BIN)/gloo_allreduce $(BASELINES_BIN)/mpi_allreduce
+	python3 $(BASELINES)/compare.py --bin $(BIN) --baselines $(BASELINES_BIN) --rounds $(ROUNDS) --out $(COMPARE_OUT)
+
+# Gloo, Open MPI and a C++ compiler from Debian, only the packages that are missing.
+compare-deps: deps
+	@missing=; for p in libgloo-dev openmpi-bin libopenmpi-dev g++; do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# Debian's Gloo ships no pkg-config file: link it by name.
+$(BASELINES_BIN)/gloo_allreduce: $(BASELINES)/gloo_allreduce.cc | compare-deps
+	@mkdir -p $(@D)
+	g++ -O2 -std=c++17 -o $@ $< -lgloo -lpthread
+
+$(BASELINES_BIN)/mpi_allreduce: $(BASELINES)/mpi_allreduce.c | compare-deps
+	@mkdir -p $(@D)
+	mpicc -O2 -o $@ $<
 
 clean:
 	rm -rf .build

@@ -23,8 +23,11 @@ let package = Package(
         .target(name: "ConcordKernels", dependencies: ["ConcordCore", "CConcordCPU"]),
         // Ring schedule and collectives, written against `Transport`.
         .target(name: "ConcordCollectives", dependencies: ["ConcordKernels", "ConcordCore"]),
-        // The libuv transport: loop thread, TCP links, frames, the rendezvous store.
-        .target(name: "ConcordUV", dependencies: ["ConcordCore", "CLibUV"]),
+        // Atomics on shared memory (acquire/release/fence on a word another process maps), for ConcordUV's
+        // shared-memory channel between ranks on one host. Only ConcordUV imports it.
+        .target(name: "CConcordShm"),
+        // The libuv transport: loop thread, TCP links, frames, the rendezvous store, the shared-memory channel.
+        .target(name: "ConcordUV", dependencies: ["ConcordCore", "CLibUV", "CConcordShm"]),
         // The public face: Communicator.
         .target(name: "Concord", dependencies: ["ConcordCollectives", "ConcordKernels", "ConcordUV", "ConcordCore"]),
         // Test seams: in-memory transport, rank-spawning helpers, distinct-value fixtures.

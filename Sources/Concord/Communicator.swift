@@ -107,6 +107,7 @@ public final class Communicator: @unchecked Sendable {
         options.listenPort = configuration.listenPort
         options.medium = configuration.linkMedium
         options.spinMicroseconds = configuration.spinMicroseconds
+        if let node = configuration.node { options.node = node }
         let transport = try UVTransport(loop: loop, options: options)
         // A first barrier proves the whole ring carries frames before the caller gets the communicator.
         do {
@@ -181,6 +182,9 @@ public final class Communicator: @unchecked Sendable {
         loop.submit { [transport] in transport.close() }
         loop.stop()
     }
+
+    /// What carries data to the right neighbour and from the left one: "shm" or "tcp" each.
+    public var linkMedia: (toRight: String, fromLeft: String) { loop.drive { transport.media } }
 
     /// Whether the loop closed with no libuv handle left open (checked by tests after `shutdown`).
     package var closedCleanly: Bool { loop.closedCleanly }

@@ -25,6 +25,10 @@ public struct Configuration: Sendable, Equatable {
     /// default 50; 0 never spins). Spinning saves a thread wake-up per ring step.
     public var spinMicroseconds = Configuration.defaultSpinMicroseconds
 
+    /// The name of this machine at the rendezvous (`CONCORD_NODE`); ranks with the same name use shared
+    /// memory between them. nil: the host name and boot id (two containers that share /dev/shm may set one).
+    public var node: String?
+
     public static let defaultSpinMicroseconds = 50
 
     public static let defaultMasterPort = 29500
@@ -120,6 +124,7 @@ public struct Configuration: Sendable, Equatable {
             }
             linkMedium = medium
         }
+        node = env["CONCORD_NODE"].flatMap { $0.isEmpty ? nil : $0 }
         if let spin = try integer("CONCORD_SPIN_US") {
             guard (0...1_000_000).contains(spin) else {
                 throw ConcordError.invalidConfiguration("CONCORD_SPIN_US=\(spin) must be in 0...1000000 microseconds")

@@ -58,7 +58,7 @@ public enum RingCollectives {
         if n == 1 { return }
         let size = dataType.size
         if count * size <= gatherBytes {
-            return try gatheringAllReduce(
+            return try smallAllReduce(
                 buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
         }
         let plan = RingSchedule(

@@ -1,21 +1,80 @@
-// All-reduce of small buffers: pass every rank's whole buffer around the ring, then reduce locally.
+// All-reduce of small buffers, where the cost is the number of sequential steps (each a wake-up of the
+// receiving rank, 10-30 us), not the bytes. Two algorithms, both ending with the same bits on every rank:
 //
+// Recursive doubling, when n is a power of two and the transport reaches the partners (rank XOR 2^k):
+//   step k = 0 … log2(n)-1:  swap whole buffers with rank XOR 2^k, then value = lower rank's ⊕ higher's
+//   log2(n) steps (n = 4: 2 instead of the ring's 6), log2(n)·S bytes per rank, an S scratch. Both
+//   partners combine the same two values in the same order, so after step k every block of 2^(k+1)
+//   ranks holds the same bits.
+//
+// Gathering ring, otherwise: pass every rank's whole buffer around the ring, then reduce locally:
 //   step s = 0 … n-2:  rank r sends block (r - s) mod n to r+1 and receives block (r - s - 1) mod n from r-1
 //   then every rank:    result = ((b0 ⊕ b1) ⊕ b2) ⊕ … ⊕ b(n-1)        (in rank order, on every rank)
+//   n-1 steps (one at n = 2, where both ranks simply swap) for (n-1)·S bytes per link, an n·S scratch.
 //
-// For a small buffer the cost of a ring all-reduce is its 2(n-1) sequential steps, each a wake-up of the
-// receiving rank; the bytes hardly matter. Gathering whole buffers needs only n-1 steps (one at n = 2,
-// where both ranks simply swap) for (n-1)·S bytes per link instead of 2(n-1)·S/n, and an n·S scratch.
-// Every rank combines the same blocks in the same order, so every rank ends with the same bits (avg:
-// the sum, then the same scaling). `smallAllReduceBytes` is the crossover measured with `concord-bench
-// allreduce` (see docs/algorithms.md); all ranks choose alike because they agree on count and dtype,
-// and a rank that does not is caught by the count and dtype stamped on every frame.
+// avg: the sum, then the same scaling everywhere. `defaultGatherBytes` is the crossover measured with
+// `concord-bench allreduce` (see docs/algorithms.md); all ranks choose alike because they agree on count
+// and dtype, and a rank that does not is caught by the count and dtype stamped on every frame.
 import ConcordCore
 import ConcordKernels
 
 extension RingCollectives {
     /// Buffers of at most this many bytes are all-reduced by passing whole buffers (see the file comment).
     public static let defaultGatherBytes = 16 << 10
+
+    /// The partners of recursive doubling, or nil when it does not apply (n not a power of two above 2, or
+    /// a partner the transport cannot reach).
+    static func doublingPartners(_ transport: Transport) -> [Int]? {
+        let n = transport.worldSize
+        guard n > 2, n & (n - 1) == 0 else { return nil }
+        let partners = sequence(first: 1, next: { $0 * 2 }).prefix { $0 < n }.map { transport.rank ^ $0 }
+        return partners.allSatisfy { transport.isConnected(to: $0) } ? partners : nil
+    }
+
+    /// All-reduce of a small buffer: recursive doubling where it applies, else the gathering ring.
+    static func smallAllReduce(
+        _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
+        sequence: UInt64, transport: Transport
+    ) throws {
+        if let partners = doublingPartners(transport) {
+            try doublingAllReduce(
+                buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,
+                partners: partners)
+        } else {
+            try gatheringAllReduce(
+                buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
+        }
+    }
+
+    /// Recursive doubling: swap with each partner in turn, combining lower rank's value ⊕ higher's.
+    static func doublingAllReduce(
+        _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
+        sequence: UInt64, transport: Transport, partners: [Int]
+    ) throws {
+        let bytes = count * dataType.size
+        let theirs = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, bytes), alignment: 64)
+        defer { theirs.deallocate() }
+        let tag = SegmentTag(
+            collective: .allReduce, sequence: sequence, dataType: dataType, op: op, count: count, offset: 0,
+            length: count)
+        let reducer = ReduceKernels.reducer(op: op, dataType: dataType)
+        let mine = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<bytes])
+        for partner in partners {
+            let receive = try transport.receive(
+                from: partner, tag: tag, into: UnsafeMutableRawBufferPointer(rebasing: theirs[0..<bytes]), reducer: nil)
+            let send = try transport.send(to: partner, tag: tag, from: UnsafeRawBufferPointer(mine))
+            try transport.wait(receive)
+            try transport.wait(send)
+            guard bytes > 0 else { continue }
+            if transport.rank < partner {
+                reducer.combine(mine.baseAddress!, theirs.baseAddress!, count)
+            } else {
+                reducer.combine(theirs.baseAddress!, mine.baseAddress!, count)
+                mine.baseAddress!.copyMemory(from: theirs.baseAddress!, byteCount: bytes)
+            }
+        }
+        if op == .avg { scale(mine, count: count, dataType: dataType, n: transport.worldSize) }
+    }
 
     /// All-reduce by gathering every rank's whole buffer, then reducing in rank order.
     static func gatheringAllReduce(

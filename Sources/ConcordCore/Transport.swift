@@ -105,7 +105,8 @@ public struct TransferID: Hashable, Sendable {
 
 /// The point-to-point layer that collectives are written against.
 ///
-/// One rank's view of a group of `worldSize` ranks. Sends and receives are posted without blocking and
+/// One rank's view of a group of `worldSize` ranks, with links to at least its ring neighbours
+/// (`isConnected(to:)`). Sends and receives are posted without blocking and
 /// complete in the order they were posted per peer; frames between two ranks are never reordered.
 /// A transport is driven by one thread at a time (the thread running the collective).
 ///
@@ -133,6 +134,16 @@ public protocol Transport: AnyObject {
 
     /// Waits for every transfer posted so far.
     func waitAll() throws
+
+    /// Whether this rank can send to and receive from `peer` directly. Every transport reaches its ring
+    /// neighbours; some reach more (the partners of recursive doubling, or everyone).
+    func isConnected(to peer: Int) -> Bool
+}
+
+extension Transport {
+    public func isConnected(to peer: Int) -> Bool {
+        peer == (rank + 1) % worldSize || peer == (rank + worldSize - 1) % worldSize
+    }
 }
 
 /// How two ranks exchange bytes.

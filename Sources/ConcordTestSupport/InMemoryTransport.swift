@@ -13,6 +13,9 @@ public final class InMemoryWorld: @unchecked Sendable {
     public let worldSize: Int
     /// How long a wait may see no completion before it fails (tests must never hang).
     public let timeout: Double
+    /// Whether every rank reaches every other (else only its ring neighbours, like the TCP transport
+    /// without doubling partners).
+    public let fullyConnected: Bool
     fileprivate let condition = NSCondition()
     fileprivate var sends: [[[Pending]]]
     fileprivate var receives: [[[Pending]]]
@@ -21,9 +24,10 @@ public final class InMemoryWorld: @unchecked Sendable {
     fileprivate var failures: [Int: ConcordError] = [:]
     fileprivate var firstFailure: (rank: Int, error: ConcordError)?
 
-    public init(worldSize: Int, timeout: Double = 30) {
+    public init(worldSize: Int, timeout: Double = 30, fullyConnected: Bool = false) {
         self.worldSize = worldSize
         self.timeout = timeout
+        self.fullyConnected = fullyConnected
         let empty = [[Pending]](repeating: [], count: worldSize)
         sends = Array(repeating: empty, count: worldSize)
         receives = Array(repeating: empty, count: worldSize)
@@ -103,6 +107,11 @@ public final class InMemoryTransport: Transport, @unchecked Sendable {
     init(world: InMemoryWorld, rank: Int) {
         self.world = world
         self.rank = rank
+    }
+
+    public func isConnected(to peer: Int) -> Bool {
+        peer != rank
+            && (world.fullyConnected || peer == (rank + 1) % worldSize || peer == (rank + worldSize - 1) % worldSize)
     }
 
     public func send(to peer: Int, tag: SegmentTag, from bytes: UnsafeRawBufferPointer) throws -> TransferID {

@@ -208,9 +208,10 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Turns the loop until `condition()` holds or `deadline` passes; returns whether the condition held.
     /// Only by the loop's driver, never from a libuv callback. Polls without blocking for
-    /// `spinMicroseconds` before each sleep in epoll.
+    /// `spinMicroseconds` before each sleep in epoll, and calls `prepareToBlock` right before it: when
+    /// that returns false (something that epoll cannot see made progress), it checks again instead.
     @discardableResult
-    func run(until condition: () -> Bool, deadline: Deadline) -> Bool {
+    func run(until condition: () -> Bool, deadline: Deadline, prepareToBlock: () -> Bool = { true }) -> Bool {
         var armed = false
         defer { if armed { uv_timer_stop(wakeTimer) } }
         while !condition() {
@@ -220,6 +221,7 @@ public final class EventLoop: @unchecked Sendable {
                 uv_timer_start(wakeTimer, { _ in }, max(1, ms), 0)
                 armed = true
             }
+            if !prepareToBlock() { continue }
             uv_run(loop, UV_RUN_ONCE)
         }
         return true

@@ -36,6 +36,8 @@ enum FrameKind: UInt8, CustomStringConvertible {
     case storeMissing = 11
     /// Store reply: a set was stored.
     case storeOK = 12
+    /// Shared-memory link: the peer gave this side data or room while it slept; no payload.
+    case doorbell = 13
 
     var description: String { "\(self)" }
 }
@@ -45,7 +47,7 @@ struct FrameHeader: Equatable {
     static let size = 48
     static let magic: UInt32 = 0x4443_4E43
     /// The protocol version this build speaks. Bump it whenever a frame's meaning changes.
-    static let protocolVersion: UInt16 = 1
+    static let protocolVersion: UInt16 = 2
     /// Control payloads (everything but data) are small; a larger length is malformed.
     static let maxControlPayload = 64 * 1024
     static let noRank: UInt32 = .max

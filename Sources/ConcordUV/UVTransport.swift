@@ -41,6 +41,8 @@ public struct JoinOptions: Sendable {
     public var medium = LinkMedium.auto
     /// Microseconds a wait for a small transfer polls before it sleeps (0: never).
     public var spinMicroseconds = 50
+    /// This machine's name for the rendezvous: ranks that publish the same one share memory.
+    public var node = UVTransport.nodeIdentity
 
     public init(rank: Int, worldSize: Int, masterHost: String, masterPort: Int, hostsStore: Bool? = nil) {
         self.rank = rank
@@ -59,6 +61,20 @@ public final class UVTransport: Transport, @unchecked Sendable {
     let options: JoinOptions
     private var left: PeerLink?
     private var right: PeerLink?
+    /// Direct links to the partners of recursive doubling that are not ring neighbours, by rank (one
+    /// connection each, used both ways); welcomed ones only once the join is done.
+    private var partners: [Int: PeerLink] = [:]
+    private var welcomedPartners = Set<Int>()
+    /// Every link a collective may use.
+    private var links: [PeerLink] { [left, right].compactMap { $0 } + partners.values }
+    /// Data to the right neighbour through shared memory (same host), instead of `right`'s socket.
+    private var sharedOut: SharedMemoryLink?
+    /// Data from the left neighbour through shared memory, instead of `left`'s socket.
+    private var sharedIn: SharedMemoryLink?
+    /// The channel offered to the right neighbour in our hello, until its welcome says yes or no.
+    private var offeredChannel: (name: String, channel: SharedMemoryChannel)?
+    /// Why a neighbour on this host is reached over TCP after all (for `CONCORD_TRANSPORT=shm` errors).
+    private var sharedMemoryProblems: [String] = []
     private var store: StoreServer?
     private var listener: Listener?
     private var candidates: [ObjectIdentifier: PeerLink] = [:]
@@ -86,7 +102,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
     public private(set) var nodes: [String] = []
 
     /// Ranks running on this rank's machine, itself included.
-    public var ranksOnThisNode: Int { max(1, nodes.filter { $0 == Self.nodeIdentity }.count) }
+    public var ranksOnThisNode: Int { max(1, nodes.filter { $0 == options.node }.count) }
 
     /// Identifies this machine: the host name and the kernel's boot id (two containers on one host, which
     /// cannot share memory, have different host names).
@@ -155,7 +171,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
             try client.set("session", session, deadline: deadline)
         }
         try client.set("rank/\(rank)", SocketAddress.format(host: host, port: listener.port), deadline: deadline)
-        try client.set("node/\(rank)", Self.nodeIdentity, deadline: deadline)
+        try client.set("node/\(rank)", options.node, deadline: deadline)
         let keys = ["session"] + (0..<worldSize).map { "rank/\($0)" } + (0..<worldSize).map { "node/\($0)" }
         let values = try client.wait(for: keys, deadline: deadline) { [rank, options] missing in
             let ranks = missing.compactMap { $0.hasPrefix("rank/") ? Int($0.dropFirst(5)) : nil }.sorted()
@@ -187,9 +203,17 @@ public final class UVTransport: Transport, @unchecked Sendable {
         rightLink.configure(timeout: options.peerTimeout)
         rightLink.startReading()
         right = rightLink
-        rightLink.write(
-            FrameHeader(kind: .hello, sender: rank),
-            control: ControlText.encode([("rank", "\(rank)"), ("world", "\(worldSize)"), ("session", session)]))
+        var hello = [("rank", "\(rank)"), ("world", "\(worldSize)"), ("session", session)]
+        if options.medium != .tcp && nodes[rightRank] == nodes[rank] {
+            let name = "\(session)-r\(rank)"
+            do {
+                offeredChannel = (name, try SharedMemoryChannel.create(name: name))
+                hello.append(("shm", name))
+            } catch {
+                sharedMemoryProblems.append("cannot create shared memory for rank \(rightRank): \(error)")
+            }
+        }
+        rightLink.write(FrameHeader(kind: .hello, sender: rank), control: ControlText.encode(hello))
 
         loop.run(
             until: {
@@ -206,10 +230,71 @@ public final class UVTransport: Transport, @unchecked Sendable {
         if left == nil {
             throw ConcordError.joinTimeout(rank: rank, missing: [leftRank], seconds: options.joinTimeout)
         }
+        try connectPartners(addresses: Array(values[1...worldSize]), deadline: deadline)
         listener.close()
         self.listener = nil
         for link in candidates.values where link !== left { link.close() }
         candidates.removeAll()
+        if options.medium == .shm && (sharedIn == nil || sharedOut == nil) {
+            let remote = Set([leftRank, rightRank]).filter { nodes[$0] != nodes[rank] }.sorted()
+            let why =
+                remote.isEmpty
+                ? sharedMemoryProblems.joined(separator: "; ")
+                : "rank \(remote.map(String.init).joined(separator: " and rank ")) runs on another host"
+            throw ConcordError.invalidConfiguration(
+                "rank \(rank): CONCORD_TRANSPORT=shm, but \(why.isEmpty ? "a neighbour declined shared memory" : why); "
+                    + "use CONCORD_TRANSPORT=auto (shared memory where possible) or tcp")
+        }
+    }
+
+    /// The partners of recursive doubling (rank XOR 1, 2, 4, …) when the world size is a power of two; the
+    /// ring neighbours among them need no link of their own.
+    public static func doublingPartners(rank: Int, worldSize n: Int) -> [Int] {
+        guard n > 2, n & (n - 1) == 0 else { return [] }
+        return sequence(first: 1, next: { $0 * 2 }).prefix { $0 < n }.map { rank ^ $0 }
+            .filter { $0 != (rank + 1) % n && $0 != (rank + n - 1) % n }
+    }
+
+    /// Connects to the higher-ranked doubling partners and waits until the lower-ranked ones connected.
+    private func connectPartners(addresses: [String], deadline: Deadline) throws {
+        let wanted = Self.doublingPartners(rank: rank, worldSize: worldSize)
+        for peer in wanted where peer > rank {
+            guard let (host, port) = SocketAddress.split(addresses[peer]) else { continue }
+            let link = try Connector.connect(
+                loop: loop, rank: rank, to: SocketAddress(host: host, port: port), deadline: deadline
+            ) { [rank, options] last in
+                .peerLost(
+                    rank: rank, peer: peer,
+                    reason: "could not connect to it at \(host):\(port) within \(options.joinTimeout) s: \(last)")
+            }
+            link.peerRank = peer
+            link.delegate = self
+            link.configure(timeout: options.peerTimeout)
+            link.startReading()
+            partners[peer] = link
+            link.write(
+                FrameHeader(kind: .hello, sender: rank),
+                control: ControlText.encode([
+                    ("rank", "\(rank)"), ("world", "\(worldSize)"), ("session", session), ("partner", "1"),
+                ]))
+        }
+        loop.run(
+            until: {
+                self.welcomedPartners.count == wanted.count || self.refusal != nil || self.joinProblem != nil
+                    || self.failure != nil || self.partners.values.contains { $0.failure != nil }
+            }, deadline: deadline)
+        if let problem = joinProblem ?? failure { throw problem }
+        if let refusal { throw ConcordError.joinRefused(rank: rank, peer: "a doubling partner", reason: refusal) }
+        if let failed = partners.values.first(where: { $0.failure != nil }) { throw failed.failure! }
+        let missing = wanted.filter { !welcomedPartners.contains($0) }
+        if !missing.isEmpty {
+            throw ConcordError.joinTimeout(rank: rank, missing: missing, seconds: options.joinTimeout)
+        }
+    }
+
+    /// Which medium carries data to the right and from the left neighbour ("shm" or "tcp").
+    public var media: (toRight: String, fromLeft: String) {
+        (sharedOut == nil ? "tcp" : "shm", sharedIn == nil ? "tcp" : "shm")
     }
 
     /// Bytes a reducing receive reads at a time before combining them (a tuning knob).
@@ -220,20 +305,32 @@ public final class UVTransport: Transport, @unchecked Sendable {
 
     // MARK: - Transport
 
+    // Sends to the right neighbour go on the connection this rank opened to it, receives from the left one
+    // on the connection it accepted (for n = 2 these are two connections to the same rank); a neighbour
+    // in the other direction, or a doubling partner, shares one connection both ways. Either way both
+    // ends pick the same connection for a direction, and frames in it keep their order.
+
     private func link(sendingTo peer: Int) -> PeerLink {
-        guard let right, right.peerRank == peer else {
-            preconditionFailure("rank \(rank): UVTransport sends only to its right neighbour, not to rank \(peer)")
-        }
-        return right
+        if let right, right.peerRank == peer { return right }
+        if let left, left.peerRank == peer { return left }
+        if let partner = partners[peer] { return partner }
+        preconditionFailure("rank \(rank): UVTransport has no link to rank \(peer)")
     }
 
     private func link(receivingFrom peer: Int) -> PeerLink {
-        guard let left, left.peerRank == peer else {
-            preconditionFailure(
-                "rank \(rank): UVTransport receives only from its left neighbour, not from rank \(peer)")
-        }
-        return left
+        if let left, left.peerRank == peer { return left }
+        if let right, right.peerRank == peer { return right }
+        if let partner = partners[peer] { return partner }
+        preconditionFailure("rank \(rank): UVTransport has no link from rank \(peer)")
     }
+
+    public func isConnected(to peer: Int) -> Bool {
+        left?.peerRank == peer || right?.peerRank == peer || partners[peer] != nil
+    }
+
+    /// Whether data to or from `peer` goes through shared memory (only ring neighbours' can).
+    private func usesSharedMemory(sendingTo peer: Int) -> Bool { sharedOut != nil && right?.peerRank == peer }
+    private func usesSharedMemory(receivingFrom peer: Int) -> Bool { sharedIn != nil && left?.peerRank == peer }
 
     private func checkUsable() throws {
         if let failure { throw failure }
@@ -245,7 +342,15 @@ public final class UVTransport: Transport, @unchecked Sendable {
         let link = link(sendingTo: peer)
         if let departed = link.failure { fail(departed) }
         let id = newTransfer(bytes: bytes.count)
-        link.write(FrameHeader(data: tag, sender: rank), payload: bytes, transfer: id)
+        if let sharedOut, usesSharedMemory(sendingTo: peer) {
+            do {
+                try sharedOut.send(FrameHeader(data: tag, sender: rank), payload: bytes, transfer: id)
+            } catch {
+                fail(error as! ConcordError)
+            }
+        } else {
+            link.write(FrameHeader(data: tag, sender: rank), payload: bytes, transfer: id)
+        }
         return TransferID(id)
     }
 
@@ -256,7 +361,12 @@ public final class UVTransport: Transport, @unchecked Sendable {
         let link = link(receivingFrom: peer)
         if let departed = link.failure { fail(departed) }
         let id = newTransfer(bytes: bytes.count)
-        link.post(PostedReceive(id: id, tag: tag, destination: bytes.baseAddress, reducer: reducer))
+        let receive = PostedReceive(id: id, tag: tag, destination: bytes.baseAddress, reducer: reducer)
+        if let sharedIn, usesSharedMemory(receivingFrom: peer) {
+            do { try sharedIn.post(receive) } catch { fail(error as! ConcordError) }
+        } else {
+            link.post(receive)
+        }
         return TransferID(id)
     }
 
@@ -271,13 +381,29 @@ public final class UVTransport: Transport, @unchecked Sendable {
         let bytes = outstanding.first { $0.id == transfer.raw }?.bytes ?? 0
         loop.spinMicroseconds = bytes <= spinLimitBytes ? spinMicroseconds : 0
         // Bounded: the tick fails a silent link after the peer timeout, which ends this wait.
-        loop.run(until: { self.completed.contains(transfer.raw) || self.failure != nil }, deadline: .never)
+        loop.run(
+            until: {
+                self.pumpSharedMemory()
+                return self.completed.contains(transfer.raw) || self.failure != nil
+            }, deadline: .never,
+            prepareToBlock: { (self.sharedOut?.prepareToBlock() ?? true) && (self.sharedIn?.prepareToBlock() ?? true) })
         if let failure {
             quiesce()
             throw failure
         }
         completed.remove(transfer.raw)
         outstanding.removeAll { $0.id == transfer.raw }
+    }
+
+    /// Moves bytes through the shared-memory links, if any.
+    private func pumpSharedMemory() {
+        guard failure == nil else { return }
+        do {
+            try sharedOut?.pump()
+            try sharedIn?.pump()
+        } catch {
+            fail(error as! ConcordError)
+        }
     }
 
     public func waitAll() throws {
@@ -304,7 +430,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
             (origin, reason) = (rank, error.description)
         }
         let payload = ControlText.encode([("origin", "\(origin)"), ("reason", reason)])
-        for link in [left, right].compactMap({ $0 }) where link.failure == nil {
+        for link in links where link.failure == nil {
             link.write(FrameHeader(kind: .abort, sender: rank), control: payload)
         }
     }
@@ -312,10 +438,11 @@ public final class UVTransport: Transport, @unchecked Sendable {
     /// After a failure: lets queued frames (the aborts) drain for up to a second, then closes the links,
     /// which cancels every write still pointing into a caller's buffer before the error reaches the caller.
     private func quiesce() {
-        let links = [left, right].compactMap { $0 }
+        let links = self.links
         loop.run(
             until: { links.allSatisfy { $0.pendingWrites == 0 || $0.failure != nil } }, deadline: .after(seconds: 1))
         for link in links { link.close() }
+        closeSharedMemory()
         loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 } }, deadline: .after(seconds: 1))
         outstanding.removeAll()
         completed.removeAll()
@@ -325,7 +452,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
         let now = ContinuousClock.now
         let heartbeat = Duration.seconds(min(1, options.peerTimeout / 4))
         let silence = Duration.seconds(options.peerTimeout)
-        for link in [left, right].compactMap({ $0 }) where link.failure == nil && !link.isClosing {
+        for link in links where link.failure == nil && !link.isClosing {
             if link.pendingWrites == 0 && now - link.lastWritten >= heartbeat {
                 link.write(FrameHeader(kind: .heartbeat, sender: rank))
             }
@@ -346,17 +473,31 @@ public final class UVTransport: Transport, @unchecked Sendable {
     public func close() {
         guard !isClosed else { return }
         isClosed = true
-        let links = [left, right].compactMap { $0 }
+        let links = self.links
         for link in links where link.failure == nil { link.write(FrameHeader(kind: .bye, sender: rank)) }
         loop.run(
             until: { links.allSatisfy { $0.pendingWrites == 0 || $0.failure != nil } }, deadline: .after(seconds: 1))
         tearDown()
     }
 
+    /// Drops the shared-memory links (and every pointer they hold into callers' buffers).
+    private func closeSharedMemory() {
+        sharedOut?.close()
+        sharedIn?.close()
+        sharedOut = nil
+        sharedIn = nil
+        if let (_, channel) = offeredChannel {
+            try? channel.unlink()
+            channel.close()
+            offeredChannel = nil
+        }
+    }
+
     private func tearDown() {
+        closeSharedMemory()
         if let tickID { loop.removeTick(tickID) }
         tickID = nil
-        let links = [left, right].compactMap { $0 } + Array(candidates.values)
+        let links = self.links + Array(candidates.values)
         for link in links { link.close() }
         candidates.removeAll()
         listener?.close()
@@ -374,6 +515,34 @@ extension UVTransport: PeerLinkDelegate {
         case .hello where link.peerRank == nil && session.isEmpty:
             // Our own store reply (with the session) has not arrived yet: answer once it has.
             earlyHellos.append((link, payload))
+        case .hello where link.peerRank == nil && fields["partner"] != nil:
+            let peer = fields["rank"].flatMap(Int.init) ?? -1
+            let reason: String?
+            if fields["session"] != session {
+                reason = "it belongs to another job (session \(fields["session"] ?? "none"), expected \(session))"
+            } else if fields["world"] != "\(worldSize)" {
+                reason = "it was started with world size \(fields["world"] ?? "?"), rank \(rank) with \(worldSize)"
+            } else if !Self.doublingPartners(rank: rank, worldSize: worldSize).contains(peer) || peer > rank
+                || partners[peer] != nil
+            {
+                reason = "rank \(rank) expects no partner connection from rank \(peer)"
+            } else {
+                reason = nil
+            }
+            candidates[ObjectIdentifier(link)] = nil
+            if let reason {
+                link.write(FrameHeader(kind: .refuse, sender: rank), control: Array(reason.utf8))
+                link.close()
+                return
+            }
+            link.peerRank = peer
+            partners[peer] = link
+            welcomedPartners.insert(peer)
+            link.write(FrameHeader(kind: .welcome, sender: rank))
+        case .welcome where link.peerRank.map { partners[$0] === link } ?? false:
+            welcomedPartners.insert(link.peerRank!)
+        case .refuse where link.peerRank.map { partners[$0] === link } ?? false:
+            refusal = String(decoding: payload, as: UTF8.self)
         case .hello where link.peerRank == nil:
             let leftRank = (rank + worldSize - 1) % worldSize
             let reason: String?
@@ -396,9 +565,30 @@ extension UVTransport: PeerLinkDelegate {
             link.peerRank = leftRank
             left = link
             candidates[ObjectIdentifier(link)] = nil
-            link.write(FrameHeader(kind: .welcome, sender: rank))
+            var welcome: [(String, String)] = []
+            if let name = fields["shm"] {
+                welcome.append(("shm", acceptSharedMemory(name: name, from: link, peer: leftRank)))
+            }
+            link.write(FrameHeader(kind: .welcome, sender: rank), control: ControlText.encode(welcome))
         case .welcome where link === right:
             welcomed = true
+            if let (name, channel) = offeredChannel {
+                offeredChannel = nil
+                if fields["shm"] == "ok" {
+                    sharedOut = SharedMemoryLink(
+                        channel: channel, rank: rank, peer: link.peerRank ?? -1,
+                        ringDoorbell: { [unowned link] in link.write(FrameHeader(kind: .doorbell, sender: nil)) },
+                        completed: { [unowned self] in transferCompleted($0) })
+                } else {
+                    sharedMemoryProblems.append(
+                        "rank \(link.peerRank ?? -1) could not map /concord-\(name): \(fields["shm"] ?? "it did not answer")"
+                    )
+                    try? channel.unlink()
+                    channel.close()
+                }
+            }
+        case .doorbell:
+            break  // waking the loop was the point
         case .refuse where link === right:
             refusal = String(decoding: payload, as: UTF8.self)
         case .abort:
@@ -413,9 +603,25 @@ extension UVTransport: PeerLinkDelegate {
         }
     }
 
+    /// Maps the channel the left neighbour offered; returns the welcome's answer ("ok" or why not).
+    private func acceptSharedMemory(name: String, from link: PeerLink, peer: Int) -> String {
+        guard options.medium != .tcp else { return "no: CONCORD_TRANSPORT=tcp on rank \(rank)" }
+        do {
+            let channel = try SharedMemoryChannel.open(name: name)
+            sharedIn = SharedMemoryLink(
+                channel: channel, rank: rank, peer: peer,
+                ringDoorbell: { [unowned link] in link.write(FrameHeader(kind: .doorbell, sender: nil)) },
+                completed: { [unowned self] in transferCompleted($0) })
+            return "ok"
+        } catch {
+            sharedMemoryProblems.append("cannot map rank \(peer)'s shared memory: \(error)")
+            return "no: \(error)"
+        }
+    }
+
     func linkFailed(_ link: PeerLink) {
         guard let error = link.failure else { return }
-        if link !== left && link !== right {
+        if link !== left && link !== right && !partners.values.contains(where: { $0 === link }) {
             // A stranger at the listener (another job, another version): refuse it, remember why.
             if case .protocolVersion = error {
                 joinProblem = joinProblem ?? error

@@ -8,11 +8,12 @@ import Testing
 struct InMemoryAllReduceTests {
     /// Runs an all-reduce of `counts[rank]` elements on every rank; returns each rank's result or error.
     static func allReduce(
-        ranks n: Int, counts: [Int], segmentBytes: Int, gatherBytes: Int = 0, sequence: UInt64 = 1
+        ranks n: Int, counts: [Int], segmentBytes: Int, gatherBytes: Int = 0, fullyConnected: Bool = false,
+        sequence: UInt64 = 1
     ) -> [Result<
         [Float], any Error
     >] {
-        let world = InMemoryWorld(worldSize: n, timeout: 20)
+        let world = InMemoryWorld(worldSize: n, timeout: 20, fullyConnected: fullyConnected)
         return withRanks(n, seconds: 60) { rank in
             var data = (0..<counts[rank]).map { distinctValue(rank: rank, index: $0) }
             try data.withUnsafeMutableBytes { bytes in
@@ -48,6 +49,29 @@ struct InMemoryAllReduceTests {
                     ranks: n, counts: Array(repeating: count, count: n), segmentBytes: 1 << 20, gatherBytes: gather)
                 Self.check(results, ranks: n, count: count)
             }
+        }
+    }
+
+    @Test(
+        "small buffers by recursive doubling where every partner is reachable (n = 4, 8), else the gathering ring",
+        arguments: 1...8)
+    func doubling(ranks n: Int) {
+        for count in Set([0, 1, max(0, n - 1), n, n + 1, 1000]).sorted() {
+            let results = Self.allReduce(
+                ranks: n, counts: Array(repeating: count, count: n), segmentBytes: 1 << 20,
+                gatherBytes: RingCollectives.defaultGatherBytes, fullyConnected: true)
+            Self.check(results, ranks: n, count: count)
+        }
+        let mismatch = Self.allReduce(
+            ranks: n, counts: (0..<n).map { $0 == n - 1 ? 99 : 100 }, segmentBytes: 1 << 20,
+            gatherBytes: RingCollectives.defaultGatherBytes, fullyConnected: true)
+        if n > 1 {
+            let texts = mismatch.map { result -> String in
+                if case .failure(let error) = result { return "\(error)" }
+                return "no error"
+            }
+            #expect(texts.allSatisfy { $0 != "no error" }, "\(texts)")
+            #expect(texts.contains { $0.contains("100") && $0.contains("99") }, "\(texts)")
         }
     }
 

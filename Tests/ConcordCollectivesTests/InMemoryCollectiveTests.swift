@@ -128,12 +128,13 @@ struct InMemoryCollectiveTests {
         }
     }
 
-    @Test("avg ends bit-identical on every rank of an all-reduce, ring and gathering", arguments: [0, 1 << 20])
-    func averageIsIdenticalEverywhere(gatherBytes: Int) {
+    @Test(
+        "avg ends bit-identical on every rank of an all-reduce: ring, gathering ring, recursive doubling",
+        arguments: [(0, 3, false), (1 << 20, 3, false), (0, 4, true), (1 << 20, 4, true), (1 << 20, 8, true)])
+    func averageIsIdenticalEverywhere(gatherBytes: Int, ranks n: Int, fullyConnected: Bool) {
         // Inputs whose float16 sums round: the owner's scaling, not each rank's, decides the bits.
-        let n = 3
         let count = 1001
-        let world = InMemoryWorld(worldSize: n, timeout: 20)
+        let world = InMemoryWorld(worldSize: n, timeout: 20, fullyConnected: fullyConnected)
         let results = withRanks(n) { rank -> [Float16] in
             var data = (0..<count).map { Float16(Float(distinctValue(rank: rank, index: $0)) * 1.37) }
             try data.withUnsafeMutableBytes {

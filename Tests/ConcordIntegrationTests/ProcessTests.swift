@@ -32,6 +32,30 @@ struct ProcessTests {
     }
 
     @Test(
+        "a 64 MiB all-reduce grows a rank by its buffer and a bounded constant, over TCP and shared memory",
+        arguments: ["tcp", "shm"])
+    func peakMemory(_ medium: String) throws {
+        let child = try ChildProcess(
+            try Self.executable("concord"),
+            [
+                "run", "-n", "2", "--", try Self.executable("concord-bench"), "allreduce", "-b", "64M", "-e", "64M",
+                "-n", "2", "-w", "1", "-c", "0",
+            ], environment: ["CONCORD_TRANSPORT": medium])
+        defer { child.kill() }
+        #expect(child.wait(seconds: 240), "the run did not finish in 240 s")
+        #expect(child.exitStatus == 0, "stderr: \(child.stderr)")
+        // "# Max RSS : 86.4 MiB (largest rank; 22.0 MiB before the sweep, largest row's buffers 64.0 MiB)"
+        let line = try #require(child.stdout.split(separator: "\n").first { $0.contains("# Max RSS") })
+        let figures = line.split(whereSeparator: { " (;,".contains($0) }).compactMap { Double($0) }
+        try #require(figures.count == 3, "\(line)")
+        let (peak, before, buffers) = (figures[0], figures[1], figures[2])
+        #expect(buffers == 64, "\(line)")
+        // Segments in flight, the 64 KiB reduce scratch, two 4 MiB shared rings (shm), the runtime's pools:
+        // 24 MiB is far below the 64 MiB a second copy of the buffer would add.
+        #expect(peak - before - buffers < 24, "\(line)")
+    }
+
+    @Test(
         "every concord-bench collective, every dtype and op, in and out of place, finds no wrong value",
         arguments: ["allreduce", "reducescatter", "allgather", "broadcast", "reduce"])
     func everyCollective(_ collective: String) throws {

@@ -327,7 +327,7 @@ struct LauncherTests {
         let result = try await runConcord(["run", "-n", "0", "--", "true"])
         #expect(result.exitStatus == 64)
         #expect(result.stderr.contains("-n must be at least 1"))
-        #expect(result.elapsed < .seconds(5))
+        #expect(result.elapsed < .seconds(30), "a usage error must not wait for anything")
     }
 
     @Test("a missing program is reported in one line, before any rank starts")
@@ -339,7 +339,7 @@ struct LauncherTests {
                 "concord: error: cannot run '/nonexistent/prog': No such file or directory"
             ])
         #expect(result.stdout.isEmpty)
-        #expect(result.elapsed < .seconds(5))
+        #expect(result.elapsed < .seconds(30), "a usage error must not wait for anything")
 
         let unknown = try await runConcord([
             "run", "-n", "2", "--", "concord-no-such-command-\(getpid())",

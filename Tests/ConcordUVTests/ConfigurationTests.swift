@@ -38,6 +38,16 @@ struct ConfigurationTests {
         #expect(alone.rank == 0 && alone.worldSize == 1)
     }
 
+    @Test("the transport, spin and node knobs: defaults and values")
+    func knobs() throws {
+        let defaults = try Configuration(environment: [:])
+        #expect(defaults.linkMedium == .auto && defaults.spinMicroseconds == 50 && defaults.node == nil)
+        let set = try Configuration(environment: [
+            "CONCORD_TRANSPORT": "SHM", "CONCORD_SPIN_US": "0", "CONCORD_NODE": "rack1-box3",
+        ])
+        #expect(set.linkMedium == .shm && set.spinMicroseconds == 0 && set.node == "rack1-box3")
+    }
+
     @Test("malformed values are refused with the variable named")
     func malformed() {
         let cases: [([String: String], String)] = [
@@ -47,6 +57,9 @@ struct ConfigurationTests {
             (["RANK": "0", "WORLD_SIZE": "0"], "at least 1"),
             (["CONCORD_RANK": "0", "CONCORD_WORLD_SIZE": "2", "CONCORD_MASTER_PORT": "70000"], "CONCORD_MASTER_PORT"),
             (["CONCORD_RANK": "0", "CONCORD_WORLD_SIZE": "2", "CONCORD_TIMEOUT": "-1"], "CONCORD_TIMEOUT"),
+            (["CONCORD_TRANSPORT": "rdma"], "CONCORD_TRANSPORT=rdma is not one of tcp, shm, auto"),
+            (["CONCORD_SPIN_US": "-5"], "CONCORD_SPIN_US"),
+            (["CONCORD_SPIN_US": "fast"], "CONCORD_SPIN_US"),
         ]
         for (environment, expected) in cases {
             do {

@@ -36,7 +36,7 @@ struct FrameHeaderTests {
         header.sequence = 0x0102
         let raw = bytes(header)
         #expect(Array(raw[0..<4]) == Array("CNCD".utf8))
-        #expect(raw[4] == 1 && raw[5] == 0)
+        #expect(raw[4] == UInt8(FrameHeader.protocolVersion) && raw[5] == 0)
         #expect(raw[6] == FrameKind.heartbeat.rawValue)
         #expect(raw[12] == 2 && raw[16] == 0x02 && raw[17] == 0x01)
     }
