@@ -10,7 +10,8 @@ let package = Package(
         .executable(name: "concord-bench", targets: ["ConcordBench"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // libuv from the system (Debian: libuv1-dev). Only ConcordUV imports it.
@@ -30,6 +31,9 @@ let package = Package(
         .target(name: "ConcordUV", dependencies: ["ConcordCore", "CLibUV", "CConcordShm"]),
         // The public face: Communicator.
         .target(name: "Concord", dependencies: ["ConcordCollectives", "ConcordKernels", "ConcordUV", "ConcordCore"]),
+        // Discovery logic, pure: beacons, job secret and handshake, membership agreement, ring order, interfaces.
+        .target(
+            name: "ConcordDiscovery", dependencies: ["ConcordCore", .product(name: "Crypto", package: "swift-crypto")]),
         // Test seams: in-memory transport, rank-spawning helpers, distinct-value fixtures.
         .target(name: "ConcordTestSupport", dependencies: ["ConcordCore"]),
         .executableTarget(
@@ -46,6 +50,7 @@ let package = Package(
         .testTarget(name: "ConcordCollectivesTests", dependencies: ["ConcordCollectives", "ConcordTestSupport"]),
         .testTarget(name: "ConcordUVTests", dependencies: ["Concord", "ConcordUV", "ConcordTestSupport"]),
         .testTarget(name: "ConcordLauncherTests", dependencies: ["ConcordTestSupport"]),
+        .testTarget(name: "ConcordDiscoveryTests", dependencies: ["ConcordDiscovery", "ConcordCore"]),
         .testTarget(name: "ConcordIntegrationTests", dependencies: ["ConcordTestSupport"]),
     ]
 )

@@ -44,13 +44,16 @@ public enum RingCollectives {
     ///   - segmentBytes: the largest payload of one frame.
     ///   - gatherBytes: buffers of at most this many bytes pass whole around the ring instead (fewer steps;
     ///     see RingCollectives+SmallAllReduce.swift); every rank must pass the same value.
+    ///   - halvingBytes: larger buffers up to this many bytes use halving-doubling when the world size is a
+    ///     power of two and the transport reaches the partners (RingCollectives+HalvingDoubling.swift);
+    ///     every rank must pass the same value.
     /// - Throws: `ConcordError.invalidArgument` when `op` is not defined on `dataType`; otherwise the
     ///   transport's `ConcordError` (peer lost, mismatch, ...). The buffer's content is then unspecified,
     ///   and the transport holds no reference to it.
     public static func allReduce(
         _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
         sequence: UInt64, transport: Transport, segmentBytes: Int = defaultSegmentBytes,
-        gatherBytes: Int = defaultGatherBytes
+        gatherBytes: Int = defaultGatherBytes, halvingBytes: Int = defaultHalvingBytes
     ) throws {
         precondition(count >= 0 && buffer.count >= count * dataType.size, "buffer holds fewer than \(count) elements")
         try validate(op: op, on: dataType, rank: transport.rank)
@@ -59,6 +62,10 @@ public enum RingCollectives {
         let size = dataType.size
         if count * size <= gatherBytes {
             return try smallAllReduce(
+                buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
+        }
+        if count * size <= halvingBytes && doublingPartners(transport) != nil {
+            return try halvingDoublingAllReduce(
                 buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
         }
         let plan = RingSchedule(
@@ -94,7 +101,7 @@ public enum RingCollectives {
     public static func allReduce(
         input: UnsafeRawBufferPointer, output: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType,
         op: ReduceOp, sequence: UInt64, transport: Transport, segmentBytes: Int = defaultSegmentBytes,
-        gatherBytes: Int = defaultGatherBytes
+        gatherBytes: Int = defaultGatherBytes, halvingBytes: Int = defaultHalvingBytes
     ) throws {
         precondition(count >= 0 && input.count >= count * dataType.size, "input holds fewer than \(count) elements")
         precondition(output.count >= count * dataType.size, "output holds fewer than \(count) elements")
@@ -102,7 +109,7 @@ public enum RingCollectives {
         copy(count * dataType.size, from: input, to: output)
         try allReduce(
             output, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,
-            segmentBytes: segmentBytes, gatherBytes: gatherBytes)
+            segmentBytes: segmentBytes, gatherBytes: gatherBytes, halvingBytes: halvingBytes)
     }
 
     /// Returns on every rank only after every rank has called it: one reduce-scatter phase of empty

@@ -22,11 +22,11 @@ extension RingCollectives {
     /// Buffers of at most this many bytes are all-reduced by passing whole buffers (see the file comment).
     public static let defaultGatherBytes = 16 << 10
 
-    /// The partners of recursive doubling, or nil when it does not apply (n not a power of two above 2, or
-    /// a partner the transport cannot reach).
+    /// The partners of recursive doubling, or nil when it does not apply (n not a power of two above 2, a
+    /// partner the transport cannot reach, or ring links faster than the others).
     static func doublingPartners(_ transport: Transport) -> [Int]? {
         let n = transport.worldSize
-        guard n > 2, n & (n - 1) == 0 else { return nil }
+        guard n > 2, n & (n - 1) == 0, !transport.ringLinksAreFaster else { return nil }
         let partners = sequence(first: 1, next: { $0 * 2 }).prefix { $0 < n }.map { transport.rank ^ $0 }
         return partners.allSatisfy { transport.isConnected(to: $0) } ? partners : nil
     }

@@ -138,9 +138,15 @@ public protocol Transport: AnyObject {
     /// Whether this rank can send to and receive from `peer` directly. Every transport reaches its ring
     /// neighbours; some reach more (the partners of recursive doubling, or everyone).
     func isConnected(to peer: Int) -> Bool
+
+    /// Whether the ring links are much faster than direct links to other ranks (shared memory between
+    /// ring neighbours, TCP elsewhere), so collectives should keep to the ring. The same on every rank.
+    var ringLinksAreFaster: Bool { get }
 }
 
 extension Transport {
+    public var ringLinksAreFaster: Bool { false }
+
     public func isConnected(to peer: Int) -> Bool {
         peer == (rank + 1) % worldSize || peer == (rank + worldSize - 1) % worldSize
     }

@@ -10,7 +10,8 @@
 // (a wake-up costs 25-30 us on a small VM, more than a 4 KiB ring step). The service thread never sleeps
 // inside libuv: it waits on the loop's epoll descriptor (`uv_backend_fd`) with the lock released, which
 // libuv supports for exactly this split, so a caller can take the loop at any moment without waking
-// anyone. While a caller drives, the service thread backs off in millisecond naps instead of contending.
+// anyone. While a caller drives, and for 20 ms after, the service thread sleeps on its job pipe only: a
+// caller that drives again soon finds every frame itself, and no event wakes a second thread for nothing.
 // Heartbeats, liveness checks and control frames keep flowing whoever drives.
 //
 // While its condition does not hold, `run(until:deadline:)` first polls the loop without blocking for
@@ -30,6 +31,12 @@ public final class EventLoop: @unchecked Sendable {
     private let ownership = NSLock()
     /// `pthread_self()` of the driving thread, 0 when nobody drives.
     private let driver = Atomic<UInt>(0)
+    /// When a caller last stopped driving (nanoseconds of the monotonic clock); see `main`.
+    private let lastDriven = Atomic<UInt64>(0)
+    /// After a caller drove the loop, the service thread leaves the network alone this long: a caller
+    /// that drives again soon (a training loop) finds every frame itself, and the service thread wakes
+    /// for nothing instead of contending with it for a core. Heartbeats tolerate far longer gaps.
+    private static let callerGraceNanoseconds: UInt64 = 20_000_000
     /// A pipe the service thread polls besides the loop (read end) for new jobs and stop requests.
     private let wakeFDs: (read: Int32, write: Int32)
     private let lock = NSLock()
@@ -107,8 +114,17 @@ public final class EventLoop: @unchecked Sendable {
     public func drive<T>(_ body: () throws -> T) rethrows -> T {
         if isLoopThread { return try body() }
         acquire()
-        defer { release() }
+        defer {
+            release()
+            lastDriven.store(Self.monotonicNanoseconds(), ordering: .relaxed)
+        }
         return try body()
+    }
+
+    private static func monotonicNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 
     private func acquire() {
@@ -162,14 +178,19 @@ public final class EventLoop: @unchecked Sendable {
             lock.lock()
             let pending = !jobs.isEmpty || stopRequested
             lock.unlock()
+            let sinceDriven = Self.monotonicNanoseconds() &- lastDriven.load(ordering: .relaxed)
             if pending {
                 acquire()
+            } else if driver.load(ordering: .relaxed) != 0 || sinceDriven < Self.callerGraceNanoseconds {
+                // A caller drives the loop, or did a moment ago: it handles whatever is ready. Sleep
+                // through its grace period, waking only for jobs or stop.
+                let left = Self.callerGraceNanoseconds - min(sinceDriven, Self.callerGraceNanoseconds)
+                waitForJobs(milliseconds: Int32(max(1, left / 1_000_000)))
+                continue
             } else if ownership.try() {
                 driver.store(UInt(pthread_self()), ordering: .relaxed)
             } else {
-                // A caller drives the loop; it handles whatever is ready. Look again in a moment.
-                usleep(1000)
-                continue
+                continue  // a caller just took the loop
             }
             lock.lock()
             let batch = jobs
@@ -193,12 +214,18 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Sleeps until the loop has something ready, a job or stop arrives, or `milliseconds` pass (-1: no limit).
     private func waitForEvents(milliseconds: Int32) {
-        var fds = [
-            pollfd(fd: uv_backend_fd(loop), events: Int16(POLLIN), revents: 0),
-            pollfd(fd: wakeFDs.read, events: Int16(POLLIN), revents: 0),
-        ]
-        _ = poll(&fds, 2, milliseconds)
-        if fds[1].revents != 0 {
+        wait(on: [uv_backend_fd(loop), wakeFDs.read], milliseconds: milliseconds)
+    }
+
+    /// Sleeps until a job or stop arrives, or `milliseconds` pass.
+    private func waitForJobs(milliseconds: Int32) {
+        wait(on: [wakeFDs.read], milliseconds: milliseconds)
+    }
+
+    private func wait(on descriptors: [Int32], milliseconds: Int32) {
+        var fds = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        _ = poll(&fds, nfds_t(fds.count), milliseconds)
+        if fds.last!.revents != 0 {
             var drain = [UInt8](repeating: 0, count: 64)
             while read(wakeFDs.read, &drain, drain.count) > 0 {}
         }
@@ -221,7 +248,10 @@ public final class EventLoop: @unchecked Sendable {
                 uv_timer_start(wakeTimer, { _ in }, max(1, ms), 0)
                 armed = true
             }
-            if !prepareToBlock() { continue }
+            if !prepareToBlock() {
+                uv_run(loop, UV_RUN_NOWAIT)  // something moved outside libuv; keep its sockets served too
+                continue
+            }
             uv_run(loop, UV_RUN_ONCE)
         }
         return true

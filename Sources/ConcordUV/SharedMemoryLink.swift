@@ -32,6 +32,10 @@ final class SharedMemoryLink {
     let peer: Int
     /// Sends the doorbell frame to the peer (over TCP).
     private let ringDoorbell: () -> Void
+    /// Whether the TCP connection to the peer has ended. A peer that fails or shuts down closes its end of
+    /// the ring only after its abort or bye went out on TCP: a closed ring is reported as an error only
+    /// once TCP has delivered that, so the error names the root cause, not this link.
+    private let connectionEnded: () -> Bool
     /// Reports a finished send or receive.
     private let completed: (Int) -> Void
 
@@ -64,12 +68,13 @@ final class SharedMemoryLink {
 
     init(
         channel: SharedMemoryChannel, rank: Int, peer: Int, ringDoorbell: @escaping () -> Void,
-        completed: @escaping (Int) -> Void
+        connectionEnded: @escaping () -> Bool, completed: @escaping (Int) -> Void
     ) {
         self.channel = channel
         self.rank = rank
         self.peer = peer
         self.ringDoorbell = ringDoorbell
+        self.connectionEnded = connectionEnded
         self.completed = completed
         headerBytes.initializeMemory(as: UInt8.self, repeating: 0, count: FrameHeader.size + Self.alignment)
     }
@@ -93,7 +98,12 @@ final class SharedMemoryLink {
     }
 
     /// Copies pending frames into the ring while it has room; returns whether any byte moved.
-    private func pumpSends() -> Bool {
+    /// - Throws: `peerLost` when frames are pending and the receiving end has closed the ring.
+    private func pumpSends() throws -> Bool {
+        if sendHead < sends.count && channel.peerClosed && connectionEnded() {
+            throw ConcordError.peerLost(
+                rank: rank, peer: peer, reason: "it closed its end of the shared memory with frames still to come")
+        }
         var moved = false
         var wake = false
         while sendHead < sends.count {
@@ -101,7 +111,12 @@ final class SharedMemoryLink {
             if send.done == 0 { send.header.encode(into: headerBytes) }
             while send.done < send.total {
                 let (source, count) = piece(of: send)
-                let written = channel.write(UnsafeRawBufferPointer(start: source, count: count))
+                // Publish whole 8-byte units (the last piece of a payload may end sooner): an element is
+                // never visible in part, so the receiver can always combine everything it sees.
+                let (first, second) = channel.writableSpans()
+                let room = (first.count + second.count) & ~(Self.alignment - 1)
+                if room == 0 { break }
+                let written = channel.write(UnsafeRawBufferPointer(start: source, count: min(count, room)))
                 wake = wake || written.wakeConsumer
                 if written.count == 0 { break }
                 send.done += written.count
@@ -149,7 +164,10 @@ final class SharedMemoryLink {
             case .header(let got):
                 let (first, second) = channel.readableSpans()
                 let available = first.count + second.count
-                if available == 0 { return moved }
+                if available == 0 {
+                    if receiveHead < receives.count && channel.isAtEnd && connectionEnded() { throw departed() }
+                    return moved
+                }
                 let n = min(FrameHeader.size - got, available)
                 let read = channel.read(into: UnsafeMutableRawBufferPointer(start: headerBytes + got, count: n))
                 wake = wake || read.wakeProducer
@@ -181,13 +199,22 @@ final class SharedMemoryLink {
             case .payload(let header, let got):
                 let (first, _) = channel.readableSpans()
                 let left = Int(header.payloadLength) - got
-                let n = min(first.count, left, Self.pieceBytes)
-                if n == 0 { return moved }
+                var n = min(first.count, left, Self.pieceBytes)
                 let receive = receives[receiveHead]
                 if let reducer = receive.reducer {
-                    // Whole elements: the payload starts 8-aligned and the ring's end is too.
+                    // Whole elements only: the producer may have published part of one (the rest follows in
+                    // place: an element never straddles the ring's end, as payloads start 8-aligned).
+                    n -= n % reducer.elementSize
+                    if n == 0 {
+                        if channel.isAtEnd && connectionEnded() { throw departed() }
+                        return moved
+                    }
                     reducer.combine(receive.destination! + got, first.baseAddress!, n / reducer.elementSize)
                 } else {
+                    if n == 0 {
+                        if channel.isAtEnd && connectionEnded() { throw departed() }
+                        return moved
+                    }
                     (receive.destination! + got).copyMemory(from: first.baseAddress!, byteCount: n)
                 }
                 wake = channel.commitRead(n) || wake
@@ -221,6 +248,13 @@ final class SharedMemoryLink {
         completed(id)
     }
 
+    /// The sending end closed the ring (it shut down or failed) before the frame a receive waits for.
+    private func departed() -> ConcordError {
+        .peerLost(
+            rank: rank, peer: peer,
+            reason: "it closed its end of the shared memory before sending what rank \(rank) expects")
+    }
+
     private func malformed(_ detail: String) -> ConcordError {
         .malformedFrame(rank: rank, peer: "rank \(peer) (shared memory)", detail: detail)
     }
@@ -232,7 +266,7 @@ final class SharedMemoryLink {
     @discardableResult
     func pump() throws -> Bool {
         switch channel.role {
-        case .producer: return pumpSends()
+        case .producer: return try pumpSends()
         case .consumer: return try pumpReceives()
         }
     }
@@ -240,6 +274,7 @@ final class SharedMemoryLink {
     /// Before the driving thread sleeps: announces the sleep where this end waits for its peer. Returns
     /// false when it must not sleep (the peer made progress meanwhile: pump again).
     func prepareToBlock() -> Bool {
+        if channel.peerClosed { return true }  // its TCP connection's end (or abort) will wake us
         switch channel.role {
         case .producer: return sendHead == sends.count || channel.producerPrepareToSleep()
         case .consumer: return receiveHead == receives.count || channel.consumerPrepareToSleep()

@@ -86,13 +86,16 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private var tickID: Int?
     private var nextID = 0
     private var completed = Set<Int>()
-    /// Posted transfers not yet waited for, with their payload bytes, in posting order.
-    private var outstanding: [(id: Int, bytes: Int)] = []
+    /// Posted transfers not yet waited for, with their payload bytes and whether they go through shared
+    /// memory, in posting order.
+    private var outstanding: [(id: Int, bytes: Int, shared: Bool)] = []
     /// Microseconds a wait for a small transfer polls before sleeping (see `EventLoop.run(until:)`);
     /// at least 1000 with yields when ranks outnumber cores on this machine.
     public private(set) var spinMicroseconds = 0
-    /// Transfers of at most this many bytes are waited for with a spin; larger ones sleep at once (their
-    /// bytes keep coming anyway, and a spinning rank takes the CPU the kernel needs to copy them).
+    /// TCP transfers of at most this many bytes are waited for with a spin; larger ones sleep at once
+    /// (their bytes keep coming anyway, and a spinning rank takes the CPU the kernel needs to copy them).
+    /// Shared-memory transfers always spin: there the ranks themselves move the bytes, and a spinning
+    /// rank notices its peer's progress without the wake-up a doorbell costs.
     public var spinLimitBytes = 256 << 10
     /// The first failure; once set, every call throws it.
     public private(set) var failure: ConcordError?
@@ -247,6 +250,12 @@ public final class UVTransport: Transport, @unchecked Sendable {
         }
     }
 
+    /// Shared memory between every pair of ring neighbours (all ranks on one machine, `auto` or `shm`):
+    /// ring algorithms then beat the doubling ones, whose partner links are TCP. Every rank computes it
+    /// from the same rendezvous facts (if a shared ring fails to open, that link uses TCP, and every rank
+    /// still chooses alike).
+    public var ringLinksAreFaster: Bool { options.medium != .tcp && Set(nodes).count == 1 }
+
     /// The partners of recursive doubling (rank XOR 1, 2, 4, …) when the world size is a power of two; the
     /// ring neighbours among them need no link of their own.
     public static func doublingPartners(rank: Int, worldSize n: Int) -> [Int] {
@@ -257,7 +266,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
 
     /// Connects to the higher-ranked doubling partners and waits until the lower-ranked ones connected.
     private func connectPartners(addresses: [String], deadline: Deadline) throws {
-        let wanted = Self.doublingPartners(rank: rank, worldSize: worldSize)
+        let wanted = ringLinksAreFaster ? [] : Self.doublingPartners(rank: rank, worldSize: worldSize)
         for peer in wanted where peer > rank {
             guard let (host, port) = SocketAddress.split(addresses[peer]) else { continue }
             let link = try Connector.connect(
@@ -341,7 +350,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
         try checkUsable()
         let link = link(sendingTo: peer)
         if let departed = link.failure { fail(departed) }
-        let id = newTransfer(bytes: bytes.count)
+        let id = newTransfer(bytes: bytes.count, shared: usesSharedMemory(sendingTo: peer))
         if let sharedOut, usesSharedMemory(sendingTo: peer) {
             do {
                 try sharedOut.send(FrameHeader(data: tag, sender: rank), payload: bytes, transfer: id)
@@ -359,8 +368,12 @@ public final class UVTransport: Transport, @unchecked Sendable {
     ) throws -> TransferID {
         try checkUsable()
         let link = link(receivingFrom: peer)
-        if let departed = link.failure { fail(departed) }
-        let id = newTransfer(bytes: bytes.count)
+        // A neighbour that said bye may have left frames in the shared ring: those are still read (and a
+        // receive it never sent fails there, naming it).
+        if let departed = link.failure, !(link.peerSaidBye && usesSharedMemory(receivingFrom: peer)) {
+            fail(departed)
+        }
+        let id = newTransfer(bytes: bytes.count, shared: usesSharedMemory(receivingFrom: peer))
         let receive = PostedReceive(id: id, tag: tag, destination: bytes.baseAddress, reducer: reducer)
         if let sharedIn, usesSharedMemory(receivingFrom: peer) {
             do { try sharedIn.post(receive) } catch { fail(error as! ConcordError) }
@@ -370,16 +383,17 @@ public final class UVTransport: Transport, @unchecked Sendable {
         return TransferID(id)
     }
 
-    private func newTransfer(bytes: Int) -> Int {
+    private func newTransfer(bytes: Int, shared: Bool) -> Int {
         nextID += 1
-        outstanding.append((nextID, bytes))
+        outstanding.append((nextID, bytes, shared))
         return nextID
     }
 
     public func wait(_ transfer: TransferID) throws {
         try checkUsable()
-        let bytes = outstanding.first { $0.id == transfer.raw }?.bytes ?? 0
-        loop.spinMicroseconds = bytes <= spinLimitBytes ? spinMicroseconds : 0
+        let entry = outstanding.first { $0.id == transfer.raw }
+        let spins = entry.map { $0.shared || $0.bytes <= spinLimitBytes } ?? true
+        loop.spinMicroseconds = spins ? spinMicroseconds : 0
         // Bounded: the tick fails a silent link after the peer timeout, which ends this wait.
         loop.run(
             until: {
@@ -522,8 +536,8 @@ extension UVTransport: PeerLinkDelegate {
                 reason = "it belongs to another job (session \(fields["session"] ?? "none"), expected \(session))"
             } else if fields["world"] != "\(worldSize)" {
                 reason = "it was started with world size \(fields["world"] ?? "?"), rank \(rank) with \(worldSize)"
-            } else if !Self.doublingPartners(rank: rank, worldSize: worldSize).contains(peer) || peer > rank
-                || partners[peer] != nil
+            } else if ringLinksAreFaster || !Self.doublingPartners(rank: rank, worldSize: worldSize).contains(peer)
+                || peer > rank || partners[peer] != nil
             {
                 reason = "rank \(rank) expects no partner connection from rank \(peer)"
             } else {
@@ -578,6 +592,7 @@ extension UVTransport: PeerLinkDelegate {
                     sharedOut = SharedMemoryLink(
                         channel: channel, rank: rank, peer: link.peerRank ?? -1,
                         ringDoorbell: { [unowned link] in link.write(FrameHeader(kind: .doorbell, sender: nil)) },
+                        connectionEnded: { [unowned link] in link.failure != nil || link.isClosing },
                         completed: { [unowned self] in transferCompleted($0) })
                 } else {
                     sharedMemoryProblems.append(
@@ -611,6 +626,7 @@ extension UVTransport: PeerLinkDelegate {
             sharedIn = SharedMemoryLink(
                 channel: channel, rank: rank, peer: peer,
                 ringDoorbell: { [unowned link] in link.write(FrameHeader(kind: .doorbell, sender: nil)) },
+                connectionEnded: { [unowned link] in link.failure != nil || link.isClosing },
                 completed: { [unowned self] in transferCompleted($0) })
             return "ok"
         } catch {

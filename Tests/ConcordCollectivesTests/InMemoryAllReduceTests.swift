@@ -8,8 +8,8 @@ import Testing
 struct InMemoryAllReduceTests {
     /// Runs an all-reduce of `counts[rank]` elements on every rank; returns each rank's result or error.
     static func allReduce(
-        ranks n: Int, counts: [Int], segmentBytes: Int, gatherBytes: Int = 0, fullyConnected: Bool = false,
-        sequence: UInt64 = 1
+        ranks n: Int, counts: [Int], segmentBytes: Int, gatherBytes: Int = 0, halvingBytes: Int = 0,
+        fullyConnected: Bool = false, sequence: UInt64 = 1
     ) -> [Result<
         [Float], any Error
     >] {
@@ -19,7 +19,8 @@ struct InMemoryAllReduceTests {
             try data.withUnsafeMutableBytes { bytes in
                 try RingCollectives.allReduce(
                     bytes, count: counts[rank], dataType: .float32, op: .sum, sequence: sequence,
-                    transport: world.transport(rank: rank), segmentBytes: segmentBytes, gatherBytes: gatherBytes)
+                    transport: world.transport(rank: rank), segmentBytes: segmentBytes, gatherBytes: gatherBytes,
+                    halvingBytes: halvingBytes)
             }
             return data
         }
@@ -72,6 +73,27 @@ struct InMemoryAllReduceTests {
             }
             #expect(texts.allSatisfy { $0 != "no error" }, "\(texts)")
             #expect(texts.contains { $0.contains("100") && $0.contains("99") }, "\(texts)")
+        }
+    }
+
+    @Test("halving-doubling where every partner is reachable (n = 4, 8), else the ring", arguments: 1...8)
+    func halvingDoubling(ranks n: Int) {
+        for count in Set([0, 1, max(0, n - 1), n, n + 1, 1000, 100_003]).sorted() {
+            let results = Self.allReduce(
+                ranks: n, counts: Array(repeating: count, count: n), segmentBytes: 1 << 20, halvingBytes: 1 << 30,
+                fullyConnected: true)
+            Self.check(results, ranks: n, count: count)
+        }
+        let mismatch = Self.allReduce(
+            ranks: n, counts: (0..<n).map { $0 == 0 ? 99_999 : 100_000 }, segmentBytes: 1 << 20,
+            halvingBytes: 1 << 30, fullyConnected: true)
+        if n > 1 {
+            let texts = mismatch.map { result -> String in
+                if case .failure(let error) = result { return "\(error)" }
+                return "no error"
+            }
+            #expect(texts.allSatisfy { $0 != "no error" }, "\(texts)")
+            #expect(texts.contains { $0.contains("100000") && $0.contains("99999") }, "\(texts)")
         }
     }
 

@@ -129,7 +129,7 @@ struct InMemoryCollectiveTests {
     }
 
     @Test(
-        "avg ends bit-identical on every rank of an all-reduce: ring, gathering ring, recursive doubling",
+        "avg ends bit-identical on every rank of an all-reduce: ring, gathering ring, doubling, halving-doubling",
         arguments: [(0, 3, false), (1 << 20, 3, false), (0, 4, true), (1 << 20, 4, true), (1 << 20, 8, true)])
     func averageIsIdenticalEverywhere(gatherBytes: Int, ranks n: Int, fullyConnected: Bool) {
         // Inputs whose float16 sums round: the owner's scaling, not each rank's, decides the bits.
