@@ -30,7 +30,9 @@ let package = Package(
         // The libuv transport: loop thread, TCP links, frames, the rendezvous store, the shared-memory channel.
         .target(name: "ConcordUV", dependencies: ["ConcordCore", "CLibUV", "CConcordShm"]),
         // The public face: Communicator.
-        .target(name: "Concord", dependencies: ["ConcordCollectives", "ConcordKernels", "ConcordUV", "ConcordCore"]),
+        .target(
+            name: "Concord",
+            dependencies: ["ConcordCollectives", "ConcordKernels", "ConcordUV", "ConcordDiscovery", "ConcordCore"]),
         // Discovery logic, pure: beacons, job secret and handshake, membership agreement, ring order, interfaces.
         .target(
             name: "ConcordDiscovery", dependencies: ["ConcordCore", .product(name: "Crypto", package: "swift-crypto")]),

@@ -107,6 +107,7 @@ public final class Communicator: @unchecked Sendable {
         options.listenPort = configuration.listenPort
         options.medium = configuration.linkMedium
         options.spinMicroseconds = configuration.spinMicroseconds
+        options.authenticator = try JobAuthenticator(configuration)
         if let node = configuration.node { options.node = node }
         let transport = try UVTransport(loop: loop, options: options)
         // A first barrier proves the whole ring carries frames before the caller gets the communicator.

@@ -1,9 +1,10 @@
 // The environment-variable contract: where a rank learns who it is and where the master is.
 import ConcordCore
+@_exported import ConcordDiscovery
 import Foundation
 
 /// Everything a `Communicator` needs to join its group.
-public struct Configuration: Sendable, Equatable {
+public struct Configuration: Sendable {
     public var rank: Int
     public var worldSize: Int
     public var localRank: Int
@@ -29,6 +30,13 @@ public struct Configuration: Sendable, Equatable {
     /// memory between them. nil: the host name and boot id (two containers that share /dev/shm may set one).
     public var node: String?
 
+    /// The job's name (`CONCORD_JOB`, default "concord"): connections of another job are refused.
+    public var jobName = "concord"
+    /// How every connection proves it belongs to the job: `.secret` (`CONCORD_SECRET`, or the file named by
+    /// `CONCORD_SECRET_FILE`), or `.insecure` (`CONCORD_INSECURE=1`). nil: joining fails and says how to
+    /// set one (`concord run` makes a secret for the ranks it starts).
+    public var authentication: Authentication?
+
     public static let defaultSpinMicroseconds = 50
 
     public static let defaultMasterPort = 29500
@@ -48,6 +56,26 @@ public struct Configuration: Sendable, Equatable {
         self.advertisedHost = advertisedHost
         self.listenPort = listenPort
         self.source = source
+    }
+
+    /// The secret from `CONCORD_SECRET` or `CONCORD_SECRET_FILE`, or insecure with `CONCORD_INSECURE=1`.
+    static func authentication(_ env: [String: String]) throws -> Authentication? {
+        let insecure = ["1", "true", "yes"].contains(env["CONCORD_INSECURE"]?.lowercased() ?? "")
+        let text = env["CONCORD_SECRET"].flatMap { $0.isEmpty ? nil : $0 }
+        let file = env["CONCORD_SECRET_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+        if text != nil && file != nil {
+            throw ConcordError.invalidConfiguration("set CONCORD_SECRET or CONCORD_SECRET_FILE, not both")
+        }
+        if insecure && (text != nil || file != nil) {
+            throw ConcordError.invalidConfiguration("CONCORD_INSECURE=1 contradicts the job secret that is set")
+        }
+        do {
+            if let text { return .secret(try JobSecret(string: text)) }
+            if let file { return .secret(try JobSecret(contentsOfFile: file)) }
+        } catch {
+            throw ConcordError.invalidConfiguration("the job secret: \(error)")
+        }
+        return insecure ? .insecure : nil
     }
 
     /// The launchers whose variables are understood, in order of precedence.
@@ -125,6 +153,8 @@ public struct Configuration: Sendable, Equatable {
             linkMedium = medium
         }
         node = env["CONCORD_NODE"].flatMap { $0.isEmpty ? nil : $0 }
+        if let job = env["CONCORD_JOB"], !job.isEmpty { jobName = job }
+        authentication = try Self.authentication(env)
         if let spin = try integer("CONCORD_SPIN_US") {
             guard (0...1_000_000).contains(spin) else {
                 throw ConcordError.invalidConfiguration("CONCORD_SPIN_US=\(spin) must be in 0...1000000 microseconds")

@@ -161,3 +161,22 @@ public enum LinkMedium: String, Sendable, CaseIterable {
     /// Shared memory with ring neighbours on the same host, TCP with the others.
     case auto
 }
+
+/// Proves to the other end of a new connection that this process belongs to the job, and checks the same
+/// of it, before anything else crosses the connection (an HMAC challenge-response with the job's secret;
+/// see ConcordDiscovery's `Handshake`). Transports run one session per connection.
+public protocol LinkAuthenticator: Sendable {
+    /// A fresh session for one connection: `client` is the side that connected.
+    func session(client: Bool) -> any LinkAuthenticationSession
+}
+
+/// One connection's handshake: messages to send, messages received, until complete or failed.
+public protocol LinkAuthenticationSession {
+    /// The first message to send.
+    mutating func start() -> [UInt8]
+    /// Handles a message from the peer; returns the next one to send, if any.
+    /// - Throws: an error whose description says why the peer is refused (never containing the secret).
+    mutating func next(received: [UInt8]) throws -> [UInt8]?
+    /// Whether the peer has proven itself (and this side has sent everything the peer needs).
+    var isComplete: Bool { get }
+}

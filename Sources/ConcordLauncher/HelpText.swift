@@ -16,6 +16,8 @@ enum HelpText {
           CONCORD_LOCAL_WORLD_SIZE  N
           CONCORD_MASTER_ADDR       --master-addr (default 127.0.0.1)
           CONCORD_MASTER_PORT       --master-port (default: a free TCP port)
+          CONCORD_SECRET            a fresh random job secret, unless this environment has one
+                                    (or CONCORD_INSECURE=1 with --insecure)
         """
 
     /// Which variables Concord programs fall back to when started by another launcher.

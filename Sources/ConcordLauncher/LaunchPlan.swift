@@ -25,6 +25,9 @@ struct LaunchPlan {
     let masterPort: Int
     /// How long ranks get between SIGTERM and SIGKILL.
     let grace: Duration
+    /// Variables that secure the job, the same for every rank: a fresh `CONCORD_SECRET` when the launcher's
+    /// environment names none, `CONCORD_INSECURE=1` with `--insecure`, nothing when a secret is inherited.
+    var security: [(name: String, value: String)] = []
 
     /// The names of the variables `environment(forRank:)` sets; the inherited values of these are
     /// replaced.
@@ -45,7 +48,16 @@ struct LaunchPlan {
             ("CONCORD_LOCAL_WORLD_SIZE", "\(worldSize)"),
             ("CONCORD_MASTER_ADDR", masterAddress),
             ("CONCORD_MASTER_PORT", "\(masterPort)"),
-        ]
+        ] + security
+    }
+
+    /// 32 random bytes as hex, from the system's secure generator (getrandom(2) on Linux).
+    static func randomSecret() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in
+            let byte = UInt8.random(in: 0...255, using: &generator)
+            return (byte < 16 ? "0" : "") + String(byte, radix: 16)
+        }.joined()
     }
 
     /// Asks the kernel for a TCP port that is free on 127.0.0.1 right now.

@@ -37,6 +37,12 @@ struct RunCommand: ParsableCommand {
             "Seconds between SIGTERM and SIGKILL when the job is stopped.", valueName: "seconds"))
     var grace: Double = 3
 
+    @Flag(
+        help: ArgumentHelp(
+            "Run without a job secret (CONCORD_INSECURE=1): any process that reaches the job's ports can join it. "
+                + "By default the ranks get a fresh CONCORD_SECRET, or the one in this environment."))
+    var insecure = false
+
     @Argument(
         parsing: .captureForPassthrough,
         help: ArgumentHelp(
@@ -65,6 +71,12 @@ struct RunCommand: ParsableCommand {
         guard !masterAddr.isEmpty else {
             throw ValidationError("--master-addr must not be empty")
         }
+        if insecure
+            && (Self.environmentValue("CONCORD_SECRET") != nil || Self.environmentValue("CONCORD_SECRET_FILE") != nil)
+        {
+            throw ValidationError(
+                "--insecure contradicts the CONCORD_SECRET or CONCORD_SECRET_FILE in this environment")
+        }
     }
 
     func run() throws {
@@ -84,9 +96,15 @@ struct RunCommand: ParsableCommand {
                 "cannot pick a free port for CONCORD_MASTER_PORT: \(error); pass --master-port", exitCode: 1
             )
         }
-        let plan = LaunchPlan(
+        var plan = LaunchPlan(
             executable: executable, arguments: arguments, worldSize: ranks, masterAddress: masterAddr,
             masterPort: port, grace: .seconds(grace))
+        if insecure {
+            plan.security = [("CONCORD_INSECURE", "1")]
+        } else if Self.environmentValue("CONCORD_SECRET") == nil && Self.environmentValue("CONCORD_SECRET_FILE") == nil
+        {
+            plan.security = [("CONCORD_SECRET", LaunchPlan.randomSecret())]
+        }
         let exitCode: Int32
         do throws(SystemError) {
             exitCode = try ProcessGroup(plan: plan).run()

@@ -8,6 +8,8 @@ final class Listener {
     let rank: Int
     let tcp: UnsafeMutablePointer<uv_tcp_t>
     var onAccept: ((PeerLink) -> Void)?
+    /// Authenticates every accepted connection before its owner hears a frame from it (nil: none).
+    var authenticator: (any LinkAuthenticator)?
     private var isClosing = false
 
     /// Binds `host:port` (port 0 picks a free one) and listens.
@@ -53,7 +55,12 @@ final class Listener {
             link.close()
             return
         }
-        if let onAccept { onAccept(link) } else { link.close() }
+        guard let onAccept else {
+            link.close()
+            return
+        }
+        link.authenticate(with: authenticator, client: false)
+        onAccept(link)
     }
 
     func close() {
@@ -77,11 +84,11 @@ private final class ConnectRequest {
 enum Connector {
     /// Connects to `address`, retrying refused or failed attempts every `retrySeconds` until `deadline`.
     /// On the loop thread.
-    /// - Returns: the connected link (not yet reading), or throws the last failure's description wrapped
-    ///   by `onTimeout`.
+    /// - Returns: the connected link (not yet reading; its handshake started when there is an
+    ///   `authenticator`), or throws the last failure's description wrapped by `onTimeout`.
     static func connect(
         loop: EventLoop, rank: Int, to address: SocketAddress, deadline: Deadline, retrySeconds: Double = 0.05,
-        onTimeout: (_ lastFailure: String) -> ConcordError
+        authenticator: (any LinkAuthenticator)?, onTimeout: (_ lastFailure: String) -> ConcordError
     ) throws -> PeerLink {
         var lastFailure = "no attempt finished"
         while true {
@@ -100,7 +107,10 @@ enum Connector {
                 throw onTimeout(uvErrorText(rc).message)
             }
             loop.run(until: { connect.status != nil }, deadline: deadline)
-            if connect.status == 0 { return link }
+            if connect.status == 0 {
+                link.authenticate(with: authenticator, client: true)
+                return link
+            }
             if let status = connect.status {
                 lastFailure = uvErrorText(status).message
             } else {

@@ -38,6 +38,8 @@ enum FrameKind: UInt8, CustomStringConvertible {
     case storeOK = 12
     /// Shared-memory link: the peer gave this side data or room while it slept; no payload.
     case doorbell = 13
+    /// A message of the authentication handshake that opens every connection of a job with a secret.
+    case auth = 14
 
     var description: String { "\(self)" }
 }

@@ -12,6 +12,11 @@
 // user space and TCP flow control holds the sender back, so memory stays bounded however fast the peer is.
 //
 // Writes hand libuv the 48-byte header and the caller's payload as two buffers of one uv_write; no copy.
+//
+// Authentication: with an authenticator, a link opens with the handshake (`auth` frames, both ways at
+// once) and nothing else: control frames the owner writes meanwhile wait in a queue, and any other frame
+// from the peer before it has proven itself fails the link. A failed handshake fails the link with the
+// reason, on both sides (each side sends its proof before it checks the other's).
 // A link keeps itself alive (a retained reference in `handle.data`) until its close callback runs.
 internal import CLibUV
 import ConcordCore
@@ -79,6 +84,12 @@ final class PeerLink {
     private var leftover = 0
     private var receives: [PostedReceive] = []
     private var receiveHead = 0
+    /// The authentication in progress; nil once complete (or when there is none).
+    private var authentication: (any LinkAuthenticationSession)?
+    /// Control frames written before the handshake completed, sent as soon as it does.
+    private var heldWrites: [(FrameHeader, [UInt8])] = []
+    /// Whether the peer has proven itself (true when no authenticator is configured).
+    private(set) var isAuthenticated = true
 
     init(loop: EventLoop, rank: Int) throws {
         self.loop = loop
@@ -146,6 +157,39 @@ final class PeerLink {
     private func stopReading() {
         if reading { uv_read_stop(tcp.asStream) }
         reading = false
+    }
+
+    /// Starts the handshake (before any other write); the peer's frames are refused until it completes.
+    func authenticate(with authenticator: (any LinkAuthenticator)?, client: Bool) {
+        guard let authenticator else { return }
+        var session = authenticator.session(client: client)
+        isAuthenticated = false
+        write(FrameHeader(kind: .auth, sender: nil), control: session.start(), bypassingAuthentication: true)
+        authentication = session
+    }
+
+    private func handleAuthentication(_ header: FrameHeader, payload: [UInt8]) {
+        guard var session = authentication else {
+            fail(.malformedFrame(rank: rank, peer: peerLabel, detail: "an authentication message after the handshake"))
+            return
+        }
+        do {
+            if let reply = try session.next(received: payload) {
+                write(FrameHeader(kind: .auth, sender: nil), control: reply, bypassingAuthentication: true)
+            }
+        } catch {
+            authentication = nil
+            fail(.joinRefused(rank: rank, peer: peerLabel, reason: "authentication failed: \(error)"))
+            return
+        }
+        authentication = session
+        if session.isComplete {
+            authentication = nil
+            isAuthenticated = true
+            let held = heldWrites
+            heldWrites.removeAll()
+            for (header, control) in held { write(header, control: control) }
+        }
     }
 
     /// Queues a receive; the next data frame from the peer must match `receive.tag`.
@@ -240,7 +284,7 @@ final class PeerLink {
             let payload = [UInt8](UnsafeRawBufferPointer(start: controlBytes, count: Int(header.payloadLength)))
             controlBytes?.deallocate()
             controlBytes = nil
-            delegate?.link(self, received: header, payload: payload)
+            deliver(header, payload: payload)
         case .data(let header, let got):
             consume(n, of: header, got: got)
         case .parked, .stopped:
@@ -269,6 +313,13 @@ final class PeerLink {
     }
 
     private func handle(_ header: FrameHeader) {
+        if !isAuthenticated && header.kind != .auth {
+            fail(
+                .joinRefused(
+                    rank: rank, peer: peerLabel,
+                    reason: "it sent a \(header.kind) frame before authenticating (no job secret, or another program)"))
+            return
+        }
         switch header.kind {
         case .data:
             guard let peer = peerRank, header.sender == UInt32(peer) else {
@@ -299,11 +350,19 @@ final class PeerLink {
             break
         default:
             if header.payloadLength == 0 {
-                delegate?.link(self, received: header, payload: [])
+                deliver(header, payload: [])
             } else {
                 controlBytes = .allocate(byteCount: Int(header.payloadLength), alignment: 8)
                 state = .control(header, got: 0)
             }
+        }
+    }
+
+    private func deliver(_ header: FrameHeader, payload: [UInt8]) {
+        if header.kind == .auth {
+            handleAuthentication(header, payload: payload)
+        } else {
+            delegate?.link(self, received: header, payload: payload)
         }
     }
 
@@ -363,9 +422,14 @@ final class PeerLink {
     /// `force` writes even after a failure (a last refuse or abort on a link that is about to close).
     func write(
         _ header: FrameHeader, control: [UInt8] = [], payload: UnsafeRawBufferPointer? = nil, transfer: Int? = nil,
-        force: Bool = false
+        force: Bool = false, bypassingAuthentication: Bool = false
     ) -> Bool {
         guard force || failure == nil, !isClosing else { return false }
+        if !isAuthenticated && !bypassingAuthentication && !force {
+            precondition(payload == nil, "a data frame before the link is authenticated")
+            heldWrites.append((header, control))
+            return true
+        }
         var header = header
         header.payloadLength = UInt64(payload?.count ?? control.count)
         let request = WriteRequest(link: self, transfer: transfer, headerBytes: FrameHeader.size + control.count)
@@ -418,6 +482,15 @@ final class PeerLink {
         stopReading()
         state = .stopped
         delegate?.linkFailed(self)
+    }
+
+    /// One line on stderr about a connection refused before it joined anything (a stranger, another job,
+    /// a wrong secret); the running job is not affected.
+    func logRefusal() {
+        guard let failure else { return }
+        let origin = remoteAddress?.description ?? "an unknown address"
+        FileHandle.standardError.write(
+            Data("concord: rank \(rank): refused a connection from \(origin): \(failure)\n".utf8))
     }
 
     /// Closes the socket; pending writes complete with ECANCELED first. Idempotent.

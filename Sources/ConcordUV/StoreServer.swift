@@ -21,7 +21,10 @@ public final class StoreServer {
 
     /// Listens on `host:port`. On the loop thread.
     /// - Throws: `ConcordError.addressInUse` when the port is taken.
-    init(loop: EventLoop, rank: Int, worldSize: Int, host: String, port: Int) throws {
+    init(
+        loop: EventLoop, rank: Int, worldSize: Int, host: String, port: Int,
+        authenticator: (any LinkAuthenticator)? = nil
+    ) throws {
         self.loop = loop
         self.rank = rank
         self.worldSize = worldSize
@@ -30,6 +33,7 @@ public final class StoreServer {
             inUseHint:
                 "another job (or an old rank 0) holds the master port; choose a free one with --master-port or CONCORD_MASTER_PORT"
         )
+        listener.authenticator = authenticator
         listener.onAccept = { [unowned self] link in
             link.delegate = self
             clients[ObjectIdentifier(link)] = link
@@ -127,6 +131,10 @@ extension StoreServer: PeerLinkDelegate {
     }
 
     func linkFailed(_ link: PeerLink) {
+        switch link.failure {
+        case .joinRefused, .malformedFrame, .protocolVersion: link.logRefusal()
+        default: break
+        }
         if case .protocolVersion = link.failure {
             // Tell the peer in our own version (its decoder reports the mismatch on its side too).
             problem = problem ?? link.failure
@@ -151,15 +159,18 @@ final class StoreClient: Store {
 
     /// Connects to the master at `address`, retrying until `deadline`, and says hello.
     /// - Throws: `.masterUnreachable`, `.joinRefused`, `.protocolVersion`.
-    init(loop: EventLoop, rank: Int, worldSize: Int, host: String, port: Int, deadline: Deadline, joinSeconds: Double)
-        throws
-    {
+    init(
+        loop: EventLoop, rank: Int, worldSize: Int, host: String, port: Int, deadline: Deadline, joinSeconds: Double,
+        authenticator: (any LinkAuthenticator)? = nil
+    ) throws {
         self.loop = loop
         self.rank = rank
         let address = try SocketAddress(host: host, port: port)
         masterAddress = "\(host):\(port)"
         let master = masterAddress
-        link = try Connector.connect(loop: loop, rank: rank, to: address, deadline: deadline) { last in
+        link = try Connector.connect(
+            loop: loop, rank: rank, to: address, deadline: deadline, authenticator: authenticator
+        ) { last in
             .masterUnreachable(rank: rank, address: master, seconds: joinSeconds, reason: last)
         }
         link.peerRank = nil
@@ -189,6 +200,7 @@ final class StoreClient: Store {
         if !replies.isEmpty { return replies.removeFirst() }
         if let failure = link.failure {
             if case .protocolVersion = failure { throw failure }
+            if case .joinRefused = failure { throw failure }
             throw ConcordError.masterUnreachable(
                 rank: rank, address: masterAddress, seconds: joinSeconds, reason: "\(failure)")
         }

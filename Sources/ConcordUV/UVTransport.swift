@@ -43,6 +43,8 @@ public struct JoinOptions: Sendable {
     public var spinMicroseconds = 50
     /// This machine's name for the rendezvous: ranks that publish the same one share memory.
     public var node = UVTransport.nodeIdentity
+    /// Authenticates every connection (store, ring, partners) before anything else crosses it; nil: none.
+    public var authenticator: (any LinkAuthenticator)?
 
     public init(rank: Int, worldSize: Int, masterHost: String, masterPort: Int, hostsStore: Bool? = nil) {
         self.rank = rank
@@ -150,11 +152,13 @@ public final class UVTransport: Transport, @unchecked Sendable {
         let deadline = Deadline.after(seconds: options.joinTimeout)
         if options.hostsStore {
             store = try StoreServer(
-                loop: loop, rank: rank, worldSize: worldSize, host: options.listenHost, port: options.masterPort)
+                loop: loop, rank: rank, worldSize: worldSize, host: options.listenHost, port: options.masterPort,
+                authenticator: options.authenticator)
         }
         let listener = try Listener(
             loop: loop, rank: rank, host: options.listenHost, port: options.listenPort,
             inUseHint: "choose another ring port with CONCORD_PORT, or 0 for any free port")
+        listener.authenticator = options.authenticator
         listener.onAccept = { [unowned self] link in
             candidates[ObjectIdentifier(link)] = link
             link.delegate = self
@@ -165,7 +169,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
 
         let client = try StoreClient(
             loop: loop, rank: rank, worldSize: worldSize, host: options.masterHost, port: options.masterPort,
-            deadline: deadline, joinSeconds: options.joinTimeout)
+            deadline: deadline, joinSeconds: options.joinTimeout, authenticator: options.authenticator)
         defer { client.close() }
         client.problem = { [unowned self] in store?.problem ?? joinProblem }
         let host = options.advertisedHost ?? client.link.localAddress?.host ?? "127.0.0.1"
@@ -195,7 +199,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
                 rank: rank, peer: "the master", detail: "bad address '\(values[1 + rightRank])' for rank \(rightRank)")
         }
         let rightLink = try Connector.connect(
-            loop: loop, rank: rank, to: SocketAddress(host: rightHost, port: rightPort), deadline: deadline
+            loop: loop, rank: rank, to: SocketAddress(host: rightHost, port: rightPort), deadline: deadline,
+            authenticator: options.authenticator
         ) { [rank, options] last in
             .peerLost(
                 rank: rank, peer: rightRank,
@@ -270,7 +275,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
         for peer in wanted where peer > rank {
             guard let (host, port) = SocketAddress.split(addresses[peer]) else { continue }
             let link = try Connector.connect(
-                loop: loop, rank: rank, to: SocketAddress(host: host, port: port), deadline: deadline
+                loop: loop, rank: rank, to: SocketAddress(host: host, port: port), deadline: deadline,
+                authenticator: options.authenticator
             ) { [rank, options] last in
                 .peerLost(
                     rank: rank, peer: peer,
@@ -638,7 +644,9 @@ extension UVTransport: PeerLinkDelegate {
     func linkFailed(_ link: PeerLink) {
         guard let error = link.failure else { return }
         if link !== left && link !== right && !partners.values.contains(where: { $0 === link }) {
-            // A stranger at the listener (another job, another version): refuse it, remember why.
+            // A stranger at the listener (another job, another version, a wrong secret): refuse it, say so,
+            // and remember a version mismatch (the job cannot form).
+            link.logRefusal()
             if case .protocolVersion = error {
                 joinProblem = joinProblem ?? error
                 link.write(FrameHeader(kind: .refuse, sender: rank), force: true)

@@ -129,7 +129,7 @@ struct ProcessTests {
                 bench, ["allreduce", "-b", "1M", "-e", "1M", "-n", "100000", "-w", "0", "-c", "0"],
                 environment: [
                     "CONCORD_RANK": "\(rank)", "CONCORD_WORLD_SIZE": "3", "CONCORD_MASTER_PORT": "\(port)",
-                    "CONCORD_PEER_TIMEOUT": "\(peerTimeout)",
+                    "CONCORD_PEER_TIMEOUT": "\(peerTimeout)", "CONCORD_SECRET": "survivors-\(port)",
                 ])
         }
         defer { ranks.forEach { $0.kill() } }

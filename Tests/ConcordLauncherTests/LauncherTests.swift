@@ -197,6 +197,25 @@ struct LauncherTests {
         #expect(result.stdoutLines.sorted() == ["[rank 0] fine", "[rank 1] fine"])
     }
 
+    @Test("the ranks share a fresh 256-bit job secret, or the inherited one, or run insecure with --insecure")
+    func jobSecret() async throws {
+        let script = "echo ${#CONCORD_SECRET} $CONCORD_SECRET ${CONCORD_INSECURE:-secure}"
+        let fresh = try await runConcord(["run", "-n", "2", "--", "sh", "-c", script])
+        #expect(fresh.exitStatus == 0)
+        let secrets = Set(fresh.stdoutLines.map { $0.split(separator: " ").dropFirst(3).first ?? "" })
+        #expect(secrets.count == 1 && fresh.stdoutLines.allSatisfy { $0.contains(" 64 ") }, "\(fresh.stdoutLines)")
+        let again = try await runConcord(["run", "-n", "1", "--", "sh", "-c", script])
+        #expect(!again.stdout.contains(secrets.first ?? "-"), "a new job gets a new secret")
+        let inherited = try await runConcord(
+            ["run", "-n", "2", "--", "sh", "-c", script], environment: ["CONCORD_SECRET": "ours"])
+        #expect(inherited.stdoutLines.sorted() == ["[rank 0] 4 ours secure", "[rank 1] 4 ours secure"])
+        let insecure = try await runConcord(["run", "-n", "1", "--insecure", "--", "sh", "-c", script])
+        #expect(insecure.stdoutLines == ["[rank 0] 0 1"], "\(insecure.stdoutLines)")
+        let contradiction = try await runConcord(
+            ["run", "-n", "1", "--insecure", "--", "true"], environment: ["CONCORD_SECRET": "ours"])
+        #expect(contradiction.exitStatus == 64 && contradiction.stderr.contains("--insecure contradicts"))
+    }
+
     @Test("each rank receives the whole environment contract, replacing inherited CONCORD_* values")
     func environmentContract() async throws {
         let result = try await runConcord(
