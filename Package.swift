@@ -40,7 +40,10 @@ let package = Package(
         .target(name: "ConcordTestSupport", dependencies: ["ConcordCore"]),
         .executableTarget(
             name: "ConcordLauncher",
-            dependencies: ["CConcordCPU", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: [
+                "CConcordCPU", "Concord", "ConcordDiscovery",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         .executableTarget(
             name: "ConcordBench",
             dependencies: [

@@ -59,7 +59,7 @@ public struct Configuration: Sendable {
     }
 
     /// The secret from `CONCORD_SECRET` or `CONCORD_SECRET_FILE`, or insecure with `CONCORD_INSECURE=1`.
-    static func authentication(_ env: [String: String]) throws -> Authentication? {
+    public static func authentication(environment env: [String: String]) throws -> Authentication? {
         let insecure = ["1", "true", "yes"].contains(env["CONCORD_INSECURE"]?.lowercased() ?? "")
         let text = env["CONCORD_SECRET"].flatMap { $0.isEmpty ? nil : $0 }
         let file = env["CONCORD_SECRET_FILE"].flatMap { $0.isEmpty ? nil : $0 }
@@ -154,7 +154,7 @@ public struct Configuration: Sendable {
         }
         node = env["CONCORD_NODE"].flatMap { $0.isEmpty ? nil : $0 }
         if let job = env["CONCORD_JOB"], !job.isEmpty { jobName = job }
-        authentication = try Self.authentication(env)
+        authentication = try Self.authentication(environment: env)
         if let spin = try integer("CONCORD_SPIN_US") {
             guard (0...1_000_000).contains(spin) else {
                 throw ConcordError.invalidConfiguration("CONCORD_SPIN_US=\(spin) must be in 0...1000000 microseconds")

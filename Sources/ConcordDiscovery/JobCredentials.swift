@@ -37,6 +37,8 @@ public struct JobCredentials: Sendable, CustomStringConvertible, CustomDebugStri
     let beaconKey: [UInt8]?
     /// The handshake proof key; nil when insecure.
     let handshakeKey: [UInt8]?
+    /// The key of membership and RTT datagrams; nil when insecure.
+    let unicastKey: [UInt8]?
 
     /// Credentials for job `jobID`, deriving the keys from the secret when there is one.
     public init(jobID: JobID, authentication: Authentication) {
@@ -46,9 +48,11 @@ public struct JobCredentials: Sendable, CustomStringConvertible, CustomDebugStri
         case .insecure:
             beaconKey = nil
             handshakeKey = nil
+            unicastKey = nil
         case .secret(let secret):
             beaconKey = secret.derivedKey(for: .beacon, job: jobID)
             handshakeKey = secret.derivedKey(for: .handshake, job: jobID)
+            unicastKey = secret.derivedKey(for: .unicast, job: jobID)
         }
     }
 

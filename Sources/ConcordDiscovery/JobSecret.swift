@@ -29,6 +29,8 @@ public enum KeyPurpose: String, Sendable, CaseIterable {
     case beacon = "concord beacon mac v1"
     /// The proofs of the TCP handshake.
     case handshake = "concord handshake proof v1"
+    /// The MAC on every membership and RTT datagram sent to one node.
+    case unicast = "concord unicast mac v1"
 }
 
 /// A job's shared secret: only nodes that hold it can announce themselves or complete a handshake.

@@ -13,5 +13,5 @@ struct ConcordCommand: ParsableCommand {
         abstract: "Launch and supervise the ranks of a Concord job.",
         discussion: HelpText.root,
         version: "0.1.0",
-        subcommands: [RunCommand.self])
+        subcommands: [RunCommand.self, PeersCommand.self])
 }

@@ -43,6 +43,11 @@ enum HelpText {
         after a grace period, SIGKILL; concord then exits non-zero. SIGINT and SIGTERM sent to concord are \
         forwarded to every rank. 'concord run --help' has the details and the exit statuses.
 
+        With --discover, the members of a job find each other on the network with no addresses (UDP \
+        multicast beacons authenticated with the job secret), agree on members, ranks and a ring ordered by \
+        measured round trips, and each runs the program as its rank: 'concord run --discover --job NAME \
+        --world-size N -- PROGRAM' on every device. 'concord peers' lists what it hears.
+
         \(otherLaunchers)
 
         Example (4 ranks of the all-reduce benchmark, 8 B to 64 MiB):

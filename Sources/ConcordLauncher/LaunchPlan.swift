@@ -28,6 +28,20 @@ struct LaunchPlan {
     /// Variables that secure the job, the same for every rank: a fresh `CONCORD_SECRET` when the launcher's
     /// environment names none, `CONCORD_INSECURE=1` with `--insecure`, nothing when a secret is inherited.
     var security: [(name: String, value: String)] = []
+    /// With `--discover`: the rank the group agreed for each process this launcher starts, and its
+    /// variables (nil: ranks 0..<worldSize, all on this host).
+    var discovered: [(rank: Int, environment: [(name: String, value: String)])]?
+
+    /// How many processes this launcher starts.
+    var processCount: Int { discovered?.count ?? worldSize }
+
+    /// The rank of the process at `index` (for prefixes and reports).
+    func rank(ofProcess index: Int) -> Int { discovered?[index].rank ?? index }
+
+    /// The inherited variables the processes' own values replace.
+    var replacedNames: [String] {
+        Array(Set(Self.variableNames + environment(forRank: 0).map(\.name))).sorted()
+    }
 
     /// The names of the variables `environment(forRank:)` sets; the inherited values of these are
     /// replaced.
@@ -40,6 +54,7 @@ struct LaunchPlan {
     ///
     /// All ranks run on this host, so the local rank is the rank and the local world size is N.
     func environment(forRank rank: Int) -> [(name: String, value: String)] {
+        if let discovered { return discovered[rank].environment + security }
         precondition((0..<worldSize).contains(rank), "rank \(rank) outside 0..<\(worldSize)")
         return [
             ("CONCORD_RANK", "\(rank)"),

@@ -92,13 +92,13 @@ final class ProcessGroup {
     // MARK: - Starting and reaping
 
     private func startRanks() {
-        for rank in 0..<plan.worldSize {
+        for rank in 0..<plan.processCount {
             do throws(SystemError) {
                 let process = try RankProcess.spawn(plan, rank: rank)
                 ranks.append(process)
                 unreaped.insert(rank)
                 state.rankStarted()
-                let prefix = "[rank \(rank)] "
+                let prefix = "[rank \(plan.rank(ofProcess: rank))] "
                 streams.append(
                     OutputStream(
                         rank: rank, fd: process.stdoutFD, sink: stdout, prefixer: LinePrefixer(prefix: prefix)))
@@ -106,7 +106,9 @@ final class ProcessGroup {
                     OutputStream(
                         rank: rank, fd: process.stderrFD, sink: stderr, prefixer: LinePrefixer(prefix: prefix)))
             } catch {
-                perform(state.spawnFailed(rank: rank, program: plan.arguments[0], error: error, now: .now))
+                perform(
+                    state.spawnFailed(
+                        rank: plan.rank(ofProcess: rank), program: plan.arguments[0], error: error, now: .now))
                 return
             }
         }
@@ -127,7 +129,8 @@ final class ProcessGroup {
             unreaped.remove(rank)
             drain(rank: rank)
             perform(
-                state.rankExited(rank: rank, pid: pid, status: WaitStatus(rawValue: status), now: .now))
+                state.rankExited(
+                    rank: plan.rank(ofProcess: rank), pid: pid, status: WaitStatus(rawValue: status), now: .now))
         }
     }
 

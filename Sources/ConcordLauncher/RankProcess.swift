@@ -123,7 +123,7 @@ struct RankProcess {
     /// The launcher's environment minus inherited CONCORD_* contract variables, plus this rank's.
     /// Every entry is a fresh malloc'd copy.
     private static func environment(for plan: LaunchPlan, rank: Int) -> [UnsafeMutablePointer<CChar>?] {
-        let replaced = LaunchPlan.variableNames.map { Array("\($0)=".utf8CString.dropLast()) }
+        let replaced = plan.replacedNames.map { Array("\($0)=".utf8CString.dropLast()) }
         var entries: [UnsafeMutablePointer<CChar>?] = []
         var cursor = environ
         while let entry = cursor.pointee {

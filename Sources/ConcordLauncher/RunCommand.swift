@@ -7,7 +7,10 @@
 // Tests/ConcordLauncherTests, so change both together.
 
 import ArgumentParser
+import Concord
+import Foundation
 import Glibc
+import Synchronization
 
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -18,8 +21,45 @@ struct RunCommand: ParsableCommand {
 
     @Option(
         name: [.customShort("n"), .customLong("ranks")],
-        help: ArgumentHelp("The number of ranks to start (at least 1).", valueName: "N"))
-    var ranks: Int
+        help: ArgumentHelp(
+            "The number of ranks to start on this host (at least 1; with --discover, default 1).", valueName: "N"))
+    var ranksOption: Int?
+
+    @Flag(
+        help: ArgumentHelp(
+            "Find the other members on the network (UDP multicast beacons), agree on members, ranks and a ring "
+                + "ordered by measured round trips, then run the program as this host's member(s)."))
+    var discover = false
+
+    @Option(help: ArgumentHelp("With --discover: the job's name; only members of this job join.", valueName: "name"))
+    var job = "concord"
+
+    @Option(help: ArgumentHelp("With --discover: start once this many members are present.", valueName: "N"))
+    var worldSize: Int?
+
+    @Option(
+        help: ArgumentHelp(
+            "With --discover: start with at least M members once nobody new appeared for --settle seconds "
+                + "(choose M above half of the members you run, or two halves of a partition may both start).",
+            valueName: "M"))
+    var minSize: Int?
+
+    @Option(help: ArgumentHelp("With --min-size: the settle window in seconds.", valueName: "seconds"))
+    var settle: Double = 2
+
+    @Option(
+        help: ArgumentHelp(
+            "With --discover: which interface to advertise, NCCL syntax (eth0, =eth0, ^lo,docker); default "
+                + "CONCORD_IFACE, else the default route's.", valueName: "spec"))
+    var iface: String?
+
+    @Option(help: ArgumentHelp("A file holding the job secret (instead of CONCORD_SECRET).", valueName: "path"))
+    var secretFile: String?
+
+    @Option(help: ArgumentHelp("With --discover: seconds to wait for the group.", valueName: "seconds"))
+    var discoveryTimeout: Double = 60
+
+    private var ranks: Int { ranksOption ?? 1 }
 
     @Option(
         help: ArgumentHelp(
@@ -55,6 +95,17 @@ struct RunCommand: ParsableCommand {
     }
 
     func validate() throws {
+        // `concord run --help`: with -n optional, the passthrough argument captures the flag; show the help.
+        if let first = command.first, first == "--help" || first == "-h" { throw CleanExit.helpRequest(self) }
+        if !discover && ranksOption == nil {
+            throw ValidationError("give the number of ranks with -n N (or use --discover)")
+        }
+        if discover && worldSize == nil && minSize == nil {
+            throw ValidationError("--discover needs --world-size N or --min-size M")
+        }
+        if !discover && (worldSize != nil || minSize != nil) {
+            throw ValidationError("--world-size and --min-size go with --discover")
+        }
         guard ranks >= 1 else {
             throw ValidationError("-n must be at least 1 (got \(ranks))")
         }
@@ -72,7 +123,8 @@ struct RunCommand: ParsableCommand {
             throw ValidationError("--master-addr must not be empty")
         }
         if insecure
-            && (Self.environmentValue("CONCORD_SECRET") != nil || Self.environmentValue("CONCORD_SECRET_FILE") != nil)
+            && (secretFile != nil || Self.isSet("CONCORD_SECRET")
+                || Self.isSet("CONCORD_SECRET_FILE"))
         {
             throw ValidationError(
                 "--insecure contradicts the CONCORD_SECRET or CONCORD_SECRET_FILE in this environment")
@@ -99,11 +151,27 @@ struct RunCommand: ParsableCommand {
         var plan = LaunchPlan(
             executable: executable, arguments: arguments, worldSize: ranks, masterAddress: masterAddr,
             masterPort: port, grace: .seconds(grace))
+        var members: [DiscoveryMember] = []
+        defer { members.forEach { $0.close() } }
+        if let secretFile { plan.security = [("CONCORD_SECRET_FILE", secretFile)] }
         if insecure {
             plan.security = [("CONCORD_INSECURE", "1")]
-        } else if Self.environmentValue("CONCORD_SECRET") == nil && Self.environmentValue("CONCORD_SECRET_FILE") == nil
+        } else if secretFile == nil && !Self.isSet("CONCORD_SECRET")
+            && !Self.isSet("CONCORD_SECRET_FILE")
         {
+            if discover {
+                Self.fail(
+                    "--discover needs the job's secret on every member: set CONCORD_SECRET or pass --secret-file "
+                        + "(or --insecure on a trusted network)", exitCode: 64)
+            }
             plan.security = [("CONCORD_SECRET", LaunchPlan.randomSecret())]
+        }
+        if discover {
+            do {
+                (members, plan.discovered) = try discoverGroup()
+            } catch {
+                Self.fail("\(error)", exitCode: 1)
+            }
         }
         let exitCode: Int32
         do throws(SystemError) {
@@ -114,11 +182,60 @@ struct RunCommand: ParsableCommand {
         if exitCode != 0 { throw ExitCode(exitCode) }
     }
 
+    /// Runs `ranks` discovery members on this host until they agree on a group; prints the group and
+    /// returns each member's rank and variables (the members keep answering until closed).
+    private func discoverGroup() throws -> (
+        [DiscoveryMember], [(rank: Int, environment: [(name: String, value: String)])]
+    ) {
+        let authentication: Authentication
+        if insecure {
+            authentication = .insecure
+        } else if let secretFile {
+            authentication = .secret(try JobSecret(contentsOfFile: secretFile))
+        } else {
+            guard let found = try Configuration.authentication(environment: ProcessInfo.processInfo.environment) else {
+                throw ConcordError.invalidConfiguration("no job secret")
+            }
+            authentication = found
+        }
+        var options = DiscoveryOptions(
+            jobName: job, authentication: authentication, worldSize: worldSize, minSize: minSize)
+        options.settleSeconds = settle
+        options.interfaces = iface ?? Self.environmentValue("CONCORD_IFACE")
+        options.timeout = discoveryTimeout
+        if let group = Self.environmentValue("CONCORD_DISCOVERY_GROUP") { options.group = group }
+        if let port = Self.environmentValue("CONCORD_DISCOVERY_PORT").flatMap(Int.init) { options.port = port }
+        let members = try (0..<ranks).map { _ in try DiscoveryMember(options: options) }
+        let outcomes = Mutex([Result<DiscoveredGroup, any Error>?](repeating: nil, count: members.count))
+        DispatchQueue.concurrentPerform(iterations: members.count) { i in
+            let outcome = Result { try members[i].run() }
+            outcomes.withLock { $0[i] = outcome }
+        }
+        let groups = try outcomes.withLock { $0 }.map { try $0!.get() }
+        let out = FileSink(fd: STDOUT_FILENO)
+        for line in groups[0].summary { out.writeLine("concord: \(line)") }
+        let processes = zip(members, groups).enumerated().map { index, pair in
+            let (member, group) = pair
+            let environment: [(name: String, value: String)] = [
+                ("CONCORD_RANK", "\(group.rank)"), ("CONCORD_WORLD_SIZE", "\(group.worldSize)"),
+                ("CONCORD_LOCAL_RANK", "\(index)"), ("CONCORD_LOCAL_WORLD_SIZE", "\(members.count)"),
+                ("CONCORD_MASTER_ADDR", group.master.host), ("CONCORD_MASTER_PORT", "\(group.master.port)"),
+                ("CONCORD_HOST", member.host), ("CONCORD_JOB", job),
+                // Every discovered member is a device of its own: data between them goes over the network.
+                ("CONCORD_NODE", member.node.description),
+            ]
+            return (rank: group.rank, environment: environment)
+        }
+        return (members, processes)
+    }
+
     /// Prints "concord: error: <message>" on stderr and exits.
     private static func fail(_ message: String, exitCode: Int32) -> Never {
         FileSink(fd: STDERR_FILENO).writeLine("concord: error: \(message)")
         Glibc.exit(exitCode)
     }
+
+    private static func isSet(_ name: String) -> Bool { !(environmentValue(name) ?? "").isEmpty }
 
     private static func environmentValue(_ name: String) -> String? {
         getenv(name).map { String(cString: $0) }

@@ -238,7 +238,7 @@ public final class EventLoop: @unchecked Sendable {
     /// `spinMicroseconds` before each sleep in epoll, and calls `prepareToBlock` right before it: when
     /// that returns false (something that epoll cannot see made progress), it checks again instead.
     @discardableResult
-    func run(until condition: () -> Bool, deadline: Deadline, prepareToBlock: () -> Bool = { true }) -> Bool {
+    package func run(until condition: () -> Bool, deadline: Deadline, prepareToBlock: () -> Bool = { true }) -> Bool {
         var armed = false
         defer { if armed { uv_timer_stop(wakeTimer) } }
         while !condition() {
@@ -269,13 +269,13 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Registers `body` to run on every housekeeping tick; returns a token for `removeTick`.
-    func addTick(_ body: @escaping () -> Void) -> Int {
+    package func addTick(_ body: @escaping () -> Void) -> Int {
         nextTickID += 1
         tickHandlers.append((nextTickID, body))
         return nextTickID
     }
 
-    func removeTick(_ id: Int) {
+    package func removeTick(_ id: Int) {
         tickHandlers.removeAll { $0.id == id }
     }
 

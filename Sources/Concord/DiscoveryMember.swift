@@ -1,0 +1,281 @@
+// One member of a job that finds the others with no addresses given, and agrees with them on who is in.
+//
+//   beacons (BeaconService, multicast + broadcast) ──▶ the nodes of this job heard, with their host:port
+//   every 20 ms: MembershipAgreement.tick(view) ──▶ propose / accept / commit, as sealed unicast datagrams
+//   every 200 ms: ping every node heard ──▶ pong ──▶ round-trip times (the minimum seen) ──▶ its RTT row
+//   commit ──▶ the group: members, and the ring order the coordinator chose from every member's RTT row
+//
+// Everything runs on one event loop driven by the caller. Ranks are positions in the agreed ring (rank 0
+// is where the ring starts: the first member of the ring order), so the ring the collectives run on is
+// the one the network measurements chose; with no measurements it is node-id order. Each member's UDP
+// port doubles as its TCP port for the job: rank 0's store listens on it, so the job needs no other
+// address. After the group starts, keep the member open (`close()` later) while the job runs: it answers
+// members whose commit was lost, for as long as they retry.
+import ConcordCore
+import ConcordDiscovery
+import ConcordUV
+import Foundation
+
+/// What a discovering member needs: the job, its secret, the start condition and the network to use.
+public struct DiscoveryOptions: Sendable {
+    public var jobName: String
+    public var authentication: Authentication
+    /// Start once this many members are present.
+    public var worldSize: Int?
+    /// Or start with at least this many once nobody new appeared for `settleSeconds`.
+    public var minSize: Int?
+    public var settleSeconds: Double = 2
+    /// NCCL-style interface choice (`CONCORD_IFACE`: `eth0`, `^lo,docker`, `=eth1`); nil: the default route's.
+    public var interfaces: String?
+    public var group = BeaconService.Channel.defaultGroup
+    public var port = BeaconService.Channel.defaultPort
+    /// Seconds to wait for the group to form.
+    public var timeout: Double = 60
+    /// A short name shown by `concord peers`.
+    public var label = ""
+
+    public init(jobName: String, authentication: Authentication, worldSize: Int?, minSize: Int? = nil) {
+        self.jobName = jobName
+        self.authentication = authentication
+        self.worldSize = worldSize
+        self.minSize = minSize
+    }
+}
+
+/// The agreed group, as this member sees it.
+public struct DiscoveredGroup: Sendable {
+    /// This member's rank: its position in the agreed ring.
+    public let rank: Int
+    public let worldSize: Int
+    /// Every member by rank: node id and the host:port it advertised.
+    public let members: [(node: NodeID, host: String, port: Int)]
+    /// Human-readable lines: the members, the ring, this member's measured round trips.
+    public let summary: [String]
+    /// Rank 0's address: where the job's store listens.
+    public var master: (host: String, port: Int) { (members[0].host, members[0].port) }
+}
+
+/// Discovery and membership agreement for one member (see the file comment).
+public final class DiscoveryMember: @unchecked Sendable {
+    public let node: NodeID
+    public let host: String
+    public let port: Int
+    private let options: DiscoveryOptions
+    private let credentials: JobCredentials
+    private let loop: EventLoop
+    private let beacons: BeaconService
+    private let socket: DatagramSocket
+    private var agreement: MembershipAgreement
+    private var rtt: [NodeID: Double] = [:]
+    private var pending: [UInt64: (node: NodeID, sent: ContinuousClock.Instant)] = [:]
+    private var started: MembershipGroup?
+    private var warnings: [String] = []
+    private var closed = false
+
+    /// Chooses the interface, binds this member's port (UDP for the job's messages, and free on TCP for
+    /// its store or ring), and starts announcing it.
+    public init(options: DiscoveryOptions) throws {
+        guard options.worldSize != nil || options.minSize != nil else {
+            throw ConcordError.invalidConfiguration(
+                "discovery needs a world size (--world-size) or a minimum size (--min-size)")
+        }
+        if let n = options.worldSize, n < 1 {
+            throw ConcordError.invalidConfiguration("--world-size must be at least 1")
+        }
+        self.options = options
+        credentials = JobCredentials(jobName: options.jobName, authentication: options.authentication)
+        let host = try Self.advertisedAddress(options.interfaces)
+        let loop = try EventLoop(
+            name: "concord-discovery", tickMilliseconds: BeaconService.beaconIntervalMilliseconds)
+        let policy: MembershipPolicy =
+            options.worldSize.map { .exactly($0, rttWaitSeconds: 1) }
+            ?? .atLeast(options.minSize!, settleSeconds: options.settleSeconds, rttWaitSeconds: 1)
+        let node = NodeID.random()
+        let socket: DatagramSocket
+        let port: Int
+        let beacons: BeaconService
+        do {
+            (socket, port) = try loop.drive { try Self.bindJobPort(loop: loop) }
+            beacons = try BeaconService(
+                credentials: credentials, nodeID: node,
+                advertisement: .init(
+                    host: host, port: UInt16(port),
+                    capabilities: BeaconService.localCapabilities(label: options.label)),
+                channel: .init(group: options.group, port: options.port, interfaceAddress: host), loop: loop)
+        } catch {
+            loop.stop()
+            throw error
+        }
+        (self.host, self.loop, self.node, self.socket, self.port, self.beacons) = (
+            host, loop, node, socket, port, beacons
+        )
+        agreement = MembershipAgreement(nodeID: node, policy: policy)
+        try loop.drive { try socket.startReceiving { [unowned self] bytes, from in received(bytes, from: from) } }
+    }
+
+    /// Runs discovery and the agreement on the calling thread until the group starts.
+    /// - Throws: `ConcordError.joinTimeout` naming how many members were heard when the deadline passes.
+    public func run() throws -> DiscoveredGroup {
+        let deadline = Deadline.after(seconds: options.timeout)
+        var nextPing = ContinuousClock.now
+        while started == nil {
+            if deadline.hasPassed {
+                let heard = beacons.peers.count + 1
+                throw ConcordError.invalidConfiguration(
+                    "job \(options.jobName): no group formed within \(options.timeout) s; \(heard) member(s) of "
+                        + "\(options.worldSize.map(String.init) ?? "at least \(options.minSize!)") present "
+                        + "(same --job, secret, multicast group \(options.group):\(options.port)?)")
+            }
+            loop.drive {
+                let now = ContinuousClock.now
+                if now >= nextPing {
+                    ping()
+                    nextPing = now + .milliseconds(200)
+                }
+                perform(agreement.tick(view: beacons.peers.map(\.nodeID), now: now))
+                _ = loop.run(until: { self.started != nil }, deadline: .after(seconds: 0.02))
+            }
+        }
+        return try group(started!)
+    }
+
+    /// Stops announcing and answering (after the job, or when giving up).
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        beacons.close()
+        loop.drive { socket.close() }
+        loop.stop()
+    }
+
+    deinit { close() }
+
+    // MARK: - On the loop
+
+    private func perform(_ outgoing: [MembershipAgreement.Outgoing]) {
+        for item in outgoing {
+            switch item {
+            case .send(let message, let to): send(.membership, message.encode(), to: to)
+            case .start(let group): started = started ?? group
+            case .warning(let text): warnings.append(text)
+            }
+        }
+    }
+
+    private func send(_ kind: SealedDatagram.Kind, _ body: [UInt8], to node: NodeID) {
+        guard let peer = beacons.peers.first(where: { $0.nodeID == node }),
+            let address = try? DatagramAddress(host: peer.host, port: Int(peer.port))
+        else { return }
+        try? socket.send(
+            SealedDatagram(kind: kind, sender: self.node, body: body).seal(credentials: credentials), to: address)
+    }
+
+    private func ping() {
+        let now = ContinuousClock.now
+        pending = pending.filter { now - $0.value.sent < .seconds(2) }
+        for peer in beacons.peers {
+            let nonce = UInt64.random(in: 0...UInt64.max)
+            pending[nonce] = (peer.nodeID, now)
+            send(.ping, withUnsafeBytes(of: nonce.littleEndian, Array.init), to: peer.nodeID)
+        }
+        if !rtt.isEmpty { agreement.recordRTT(rtt) }
+    }
+
+    private func received(_ bytes: [UInt8], from: DatagramAddress) {
+        guard let datagram = try? SealedDatagram.open(bytes, credentials: credentials), datagram.sender != node else {
+            return  // another job, another secret, or garbage: the agreement never sees it
+        }
+        switch datagram.kind {
+        case .membership:
+            guard let message = try? MembershipMessage.decode(datagram.body) else { return }
+            perform(agreement.handle(message, from: datagram.sender, now: .now))
+        case .ping:
+            send(.pong, datagram.body, to: datagram.sender)
+        case .pong:
+            guard datagram.body.count == 8 else { return }
+            let nonce = datagram.body.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+            guard let (peer, sent) = pending.removeValue(forKey: nonce), peer == datagram.sender else { return }
+            let seconds =
+                Double((ContinuousClock.now - sent).components.attoseconds) / 1e18
+                + Double((ContinuousClock.now - sent).components.seconds)
+            rtt[peer] = min(rtt[peer] ?? .infinity, seconds)
+        }
+    }
+
+    /// The group with ranks = ring positions, and the lines that describe it.
+    private func group(_ group: MembershipGroup) throws -> DiscoveredGroup {
+        let peers = Dictionary(beacons.peers.map { ($0.nodeID, $0) }, uniquingKeysWith: { a, _ in a })
+        let byRank = group.ring.ranks.map { group.members[$0] }
+        var members: [(node: NodeID, host: String, port: Int)] = []
+        for id in byRank {
+            if id == node {
+                members.append((id, host, port))
+            } else if let peer = peers[id] {
+                members.append((id, peer.host, Int(peer.port)))
+            } else {
+                throw ConcordError.invalidConfiguration("job \(options.jobName): member \(id) is no longer heard")
+            }
+        }
+        let rank = byRank.firstIndex(of: node)!
+        var summary = ["job \(options.jobName): \(members.count) members agreed (\(group.proposalID))"]
+        for (r, m) in members.enumerated() {
+            let trip = rtt[m.node].map { String(format: ", rtt %.3f ms", $0 * 1e3) } ?? ""
+            summary.append(
+                "rank \(r) = node \(m.node.shortDescription) at \(m.host):\(m.port)\(r == rank ? " (this one)" : trip)")
+        }
+        summary.append("ring: " + (0..<members.count).map(String.init).joined(separator: " → ") + " → 0")
+        summary += warnings
+        return DiscoveredGroup(rank: rank, worldSize: members.count, members: members, summary: summary)
+    }
+
+    // MARK: - Setup
+
+    /// The address to advertise: the interface chosen by `spec`, else the default route's, else any up
+    /// non-loopback one, else loopback.
+    static func advertisedAddress(_ spec: String?) throws -> String {
+        let interfaces = try NetworkInterface.host().filter { !$0.isIPv6 }
+        let route = (try? String(contentsOfFile: "/proc/net/route", encoding: .utf8)).flatMap {
+            NetworkInterface.defaultRouteInterface(procNetRoute: $0)
+        }
+        let filter = spec.map { InterfaceFilter($0) } ?? .any
+        guard
+            let chosen = chooseAdvertisedAddress(interfaces: interfaces, filter: filter, defaultRouteInterface: route)
+        else {
+            throw ConcordError.invalidConfiguration(
+                "no IPv4 interface matches CONCORD_IFACE=\(spec ?? "") (interfaces: "
+                    + interfaces.map { "\($0.name) \($0.address)" }.joined(separator: ", ") + ")")
+        }
+        return chosen.address
+    }
+
+    /// A port free for TCP (the store or ring listener later) and bound for UDP now.
+    private static func bindJobPort(loop: EventLoop) throws -> (DatagramSocket, Int) {
+        for _ in 0..<20 {
+            let candidate = try freeTCPPort()
+            let socket = try DatagramSocket(loop: loop)
+            do {
+                try socket.bind(host: "0.0.0.0", port: candidate, reuseAddress: false)
+                return (socket, candidate)
+            } catch {
+                socket.close()
+            }
+        }
+        throw ConcordError.invalidConfiguration("could not find a port free for both UDP and TCP")
+    }
+
+    private static func freeTCPPort() throws -> Int {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ConcordError.system(rank: -1, call: "socket", code: errno, message: "") }
+        defer { Glibc.close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let rc = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.bind(fd, $0, length) == 0 ? getsockname(fd, $0, &length) : -1
+            }
+        }
+        guard rc == 0 else { throw ConcordError.system(rank: -1, call: "bind", code: errno, message: "") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
