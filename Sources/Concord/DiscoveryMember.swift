@@ -5,6 +5,10 @@
 //   every 200 ms: ping every node heard ──▶ pong ──▶ round-trip times (the minimum seen) ──▶ its RTT row
 //   commit ──▶ the group: members, and the ring order the coordinator chose from every member's RTT row
 //
+// With a static list of addresses (`--peers host:port,…` / CONCORD_PEERS) a member takes the first entry it
+// can bind on this host as its own and pings the others directly: a node is in view once a sealed datagram
+// from it arrived (within the last 3 s), which also tells its node id and address. Beacons still go out.
+//
 // Everything runs on one event loop driven by the caller. Ranks are positions in the agreed ring (rank 0
 // is where the ring starts: the first member of the ring order), so the ring the collectives run on is
 // the one the network measurements chose; with no measurements it is node-id order. Each member's UDP
@@ -33,6 +37,8 @@ public struct DiscoveryOptions: Sendable {
     public var timeout: Double = 60
     /// A short name shown by `concord peers`.
     public var label = ""
+    /// Every member's `host:port`, when the members are listed instead of (or besides) discovered.
+    public var staticPeers: [String] = []
 
     public init(jobName: String, authentication: Authentication, worldSize: Int?, minSize: Int? = nil) {
         self.jobName = jobName
@@ -69,6 +75,10 @@ public final class DiscoveryMember: @unchecked Sendable {
     private var rtt: [NodeID: Double] = [:]
     private var pending: [UInt64: (node: NodeID, sent: ContinuousClock.Instant)] = [:]
     private var started: MembershipGroup?
+    /// Nodes heard directly (sealed datagrams), with their address: the static list's members.
+    private var heard: [NodeID: (address: DatagramAddress, host: String, port: Int, last: ContinuousClock.Instant)] =
+        [:]
+    private let listed: [DatagramAddress]
     private var warnings: [String] = []
     private var closed = false
 
@@ -84,7 +94,16 @@ public final class DiscoveryMember: @unchecked Sendable {
         }
         self.options = options
         credentials = JobCredentials(jobName: options.jobName, authentication: options.authentication)
-        let host = try Self.advertisedAddress(options.interfaces)
+        var host = try Self.advertisedAddress(options.interfaces)
+        var own: (host: String, port: Int)?
+        var listed: [DatagramAddress] = []
+        for entry in options.staticPeers {
+            guard let colon = entry.lastIndex(of: ":"), let p = Int(entry[entry.index(after: colon)...]) else {
+                throw ConcordError.invalidConfiguration("peer '\(entry)' is not host:port")
+            }
+            listed.append(try DatagramAddress(host: String(entry[..<colon]), port: p))
+        }
+        self.listed = listed
         let loop = try EventLoop(
             name: "concord-discovery", tickMilliseconds: BeaconService.beaconIntervalMilliseconds)
         let policy: MembershipPolicy =
@@ -95,7 +114,12 @@ public final class DiscoveryMember: @unchecked Sendable {
         let port: Int
         let beacons: BeaconService
         do {
-            (socket, port) = try loop.drive { try Self.bindJobPort(loop: loop) }
+            if listed.isEmpty {
+                (socket, port) = try loop.drive { try Self.bindJobPort(loop: loop) }
+            } else {
+                (socket, own) = try loop.drive { try Self.bindListedPort(loop: loop, listed: listed) }
+                (host, port) = (own!.host, own!.port)
+            }
             beacons = try BeaconService(
                 credentials: credentials, nodeID: node,
                 advertisement: .init(
@@ -120,7 +144,7 @@ public final class DiscoveryMember: @unchecked Sendable {
         var nextPing = ContinuousClock.now
         while started == nil {
             if deadline.hasPassed {
-                let heard = beacons.peers.count + 1
+                let heard = view().count + 1
                 throw ConcordError.invalidConfiguration(
                     "job \(options.jobName): no group formed within \(options.timeout) s; \(heard) member(s) of "
                         + "\(options.worldSize.map(String.init) ?? "at least \(options.minSize!)") present "
@@ -132,7 +156,7 @@ public final class DiscoveryMember: @unchecked Sendable {
                     ping()
                     nextPing = now + .milliseconds(200)
                 }
-                perform(agreement.tick(view: beacons.peers.map(\.nodeID), now: now))
+                perform(agreement.tick(view: view(), now: now))
                 _ = loop.run(until: { self.started != nil }, deadline: .after(seconds: 0.02))
             }
         }
@@ -162,21 +186,41 @@ public final class DiscoveryMember: @unchecked Sendable {
         }
     }
 
+    /// The nodes in view: heard in beacons, or directly within the last 3 s.
+    private func view() -> [NodeID] {
+        let now = ContinuousClock.now
+        let direct = heard.filter { now - $0.value.last < .seconds(3) }.map(\.key)
+        return Array(Set(beacons.peers.map(\.nodeID) + direct))
+    }
+
+    private func address(of node: NodeID) -> DatagramAddress? {
+        if let direct = heard[node] { return direct.address }
+        guard let peer = beacons.peers.first(where: { $0.nodeID == node }) else { return nil }
+        return try? DatagramAddress(host: peer.host, port: Int(peer.port))
+    }
+
     private func send(_ kind: SealedDatagram.Kind, _ body: [UInt8], to node: NodeID) {
-        guard let peer = beacons.peers.first(where: { $0.nodeID == node }),
-            let address = try? DatagramAddress(host: peer.host, port: Int(peer.port))
-        else { return }
+        guard let address = address(of: node) else { return }
+        send(kind, body, to: address)
+    }
+
+    private func send(_ kind: SealedDatagram.Kind, _ body: [UInt8], to address: DatagramAddress) {
         try? socket.send(
-            SealedDatagram(kind: kind, sender: self.node, body: body).seal(credentials: credentials), to: address)
+            SealedDatagram(kind: kind, sender: node, body: body).seal(credentials: credentials), to: address)
     }
 
     private func ping() {
         let now = ContinuousClock.now
         pending = pending.filter { now - $0.value.sent < .seconds(2) }
-        for peer in beacons.peers {
+        for peer in view() {
             let nonce = UInt64.random(in: 0...UInt64.max)
-            pending[nonce] = (peer.nodeID, now)
-            send(.ping, withUnsafeBytes(of: nonce.littleEndian, Array.init), to: peer.nodeID)
+            pending[nonce] = (peer, now)
+            send(.ping, withUnsafeBytes(of: nonce.littleEndian, Array.init), to: peer)
+        }
+        // Listed addresses not heard from yet: a ping makes them answer (and so enter the view).
+        let known = Set(heard.values.map(\.address))
+        for address in listed where address.port != port || address.host != host {
+            if !known.contains(address) { send(.ping, [UInt8](repeating: 0, count: 8), to: address) }
         }
         if !rtt.isEmpty { agreement.recordRTT(rtt) }
     }
@@ -184,6 +228,9 @@ public final class DiscoveryMember: @unchecked Sendable {
     private func received(_ bytes: [UInt8], from: DatagramAddress) {
         guard let datagram = try? SealedDatagram.open(bytes, credentials: credentials), datagram.sender != node else {
             return  // another job, another secret, or garbage: the agreement never sees it
+        }
+        if !listed.isEmpty {
+            heard[datagram.sender] = (from, from.host, from.port, .now)
         }
         switch datagram.kind {
         case .membership:
@@ -204,14 +251,16 @@ public final class DiscoveryMember: @unchecked Sendable {
 
     /// The group with ranks = ring positions, and the lines that describe it.
     private func group(_ group: MembershipGroup) throws -> DiscoveredGroup {
-        let peers = Dictionary(beacons.peers.map { ($0.nodeID, $0) }, uniquingKeysWith: { a, _ in a })
+        var peers: [NodeID: (host: String, port: Int)] = [:]
+        for peer in beacons.peers { peers[peer.nodeID] = (peer.host, Int(peer.port)) }
+        for (id, direct) in heard { peers[id] = (direct.host, direct.port) }
         let byRank = group.ring.ranks.map { group.members[$0] }
         var members: [(node: NodeID, host: String, port: Int)] = []
         for id in byRank {
             if id == node {
                 members.append((id, host, port))
             } else if let peer = peers[id] {
-                members.append((id, peer.host, Int(peer.port)))
+                members.append((id, peer.host, peer.port))
             } else {
                 throw ConcordError.invalidConfiguration("job \(options.jobName): member \(id) is no longer heard")
             }
@@ -261,6 +310,26 @@ public final class DiscoveryMember: @unchecked Sendable {
             }
         }
         throw ConcordError.invalidConfiguration("could not find a port free for both UDP and TCP")
+    }
+
+    /// The first listed address of this host whose port this process can bind (several members may run on
+    /// one host, each taking the next free entry).
+    private static func bindListedPort(loop: EventLoop, listed: [DatagramAddress]) throws -> (
+        DatagramSocket, (host: String, port: Int)
+    ) {
+        let local = Set(((try? NetworkInterface.host()) ?? []).map(\.address) + ["127.0.0.1", "0.0.0.0"])
+        for address in listed where local.contains(address.host) {
+            let socket = try DatagramSocket(loop: loop)
+            do {
+                try socket.bind(host: "0.0.0.0", port: address.port, reuseAddress: false)
+                return (socket, (address.host, address.port))
+            } catch {
+                socket.close()
+            }
+        }
+        throw ConcordError.invalidConfiguration(
+            "none of the listed peers (" + listed.map(\.description).joined(separator: ", ")
+                + ") is an address of this host with a free port")
     }
 
     private static func freeTCPPort() throws -> Int {

@@ -53,6 +53,13 @@ struct RunCommand: ParsableCommand {
                 + "CONCORD_IFACE, else the default route's.", valueName: "spec"))
     var iface: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Every member's host:port, comma-separated (default CONCORD_PEERS): members find each other at these "
+                + "addresses instead of (or besides) by multicast; implies --discover. Each member takes the first "
+                + "entry of this host whose port is free.", valueName: "list"))
+    var peers: String?
+
     @Option(help: ArgumentHelp("A file holding the job secret (instead of CONCORD_SECRET).", valueName: "path"))
     var secretFile: String?
 
@@ -60,6 +67,14 @@ struct RunCommand: ParsableCommand {
     var discoveryTimeout: Double = 60
 
     private var ranks: Int { ranksOption ?? 1 }
+
+    private var staticPeers: [String] {
+        (peers ?? Self.environmentValue("CONCORD_PEERS") ?? "").split(separator: ",").map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }.filter { !$0.isEmpty }
+    }
+
+    private var isDiscovering: Bool { discover || !staticPeers.isEmpty }
 
     @Option(
         help: ArgumentHelp(
@@ -97,13 +112,13 @@ struct RunCommand: ParsableCommand {
     func validate() throws {
         // `concord run --help`: with -n optional, the passthrough argument captures the flag; show the help.
         if let first = command.first, first == "--help" || first == "-h" { throw CleanExit.helpRequest(self) }
-        if !discover && ranksOption == nil {
+        if !isDiscovering && ranksOption == nil {
             throw ValidationError("give the number of ranks with -n N (or use --discover)")
         }
-        if discover && worldSize == nil && minSize == nil {
+        if isDiscovering && worldSize == nil && minSize == nil {
             throw ValidationError("--discover needs --world-size N or --min-size M")
         }
-        if !discover && (worldSize != nil || minSize != nil) {
+        if !isDiscovering && (worldSize != nil || minSize != nil) {
             throw ValidationError("--world-size and --min-size go with --discover")
         }
         guard ranks >= 1 else {
@@ -159,14 +174,14 @@ struct RunCommand: ParsableCommand {
         } else if secretFile == nil && !Self.isSet("CONCORD_SECRET")
             && !Self.isSet("CONCORD_SECRET_FILE")
         {
-            if discover {
+            if isDiscovering {
                 Self.fail(
                     "--discover needs the job's secret on every member: set CONCORD_SECRET or pass --secret-file "
                         + "(or --insecure on a trusted network)", exitCode: 64)
             }
             plan.security = [("CONCORD_SECRET", LaunchPlan.randomSecret())]
         }
-        if discover {
+        if isDiscovering {
             do {
                 (members, plan.discovered) = try discoverGroup()
             } catch {
@@ -203,14 +218,22 @@ struct RunCommand: ParsableCommand {
         options.settleSeconds = settle
         options.interfaces = iface ?? Self.environmentValue("CONCORD_IFACE")
         options.timeout = discoveryTimeout
+        options.staticPeers = staticPeers
         if let group = Self.environmentValue("CONCORD_DISCOVERY_GROUP") { options.group = group }
         if let port = Self.environmentValue("CONCORD_DISCOVERY_PORT").flatMap(Int.init) { options.port = port }
         let members = try (0..<ranks).map { _ in try DiscoveryMember(options: options) }
+        // One thread per member: they must all run at once (each waits for the others to agree).
         let outcomes = Mutex([Result<DiscoveredGroup, any Error>?](repeating: nil, count: members.count))
-        DispatchQueue.concurrentPerform(iterations: members.count) { i in
-            let outcome = Result { try members[i].run() }
-            outcomes.withLock { $0[i] = outcome }
+        let done = DispatchGroup()
+        for (i, member) in members.enumerated() {
+            done.enter()
+            Thread.detachNewThread {
+                let outcome = Result { try member.run() }
+                outcomes.withLock { $0[i] = outcome }
+                done.leave()
+            }
         }
+        done.wait()
         let groups = try outcomes.withLock { $0 }.map { try $0!.get() }
         let out = FileSink(fd: STDOUT_FILENO)
         for line in groups[0].summary { out.writeLine("concord: \(line)") }

@@ -47,6 +47,25 @@ struct DiscoveryTests {
         #expect(!stranger.stdout.contains("members agreed"), "\(stranger.stdout)")
     }
 
+    @Test("with --peers (and beacons that cannot meet: one beacon port each) the listed members still agree and run")
+    func staticPeers() throws {
+        let ports = (0..<3).map { _ in freeTCPPort() }
+        let list = ports.map { "127.0.0.1:\($0)" }.joined(separator: ",")
+        let members = try (0..<3).map { i in
+            try Self.member(job: "static-\(ports[0])", port: freeTCPPort(), secret: "s", extra: ["--peers", list])
+        }
+        defer { members.forEach { $0.kill() } }
+        for (i, member) in members.enumerated() {
+            #expect(member.wait(seconds: 90), "member \(i) did not finish")
+            #expect(member.exitStatus == 0, "member \(i): \(member.stderr)")
+        }
+        let outputs = members.map(\.stdout)
+        #expect(outputs.allSatisfy { $0.contains("3 members agreed") }, "\(outputs)")
+        #expect(outputs.filter { $0.contains("# Out of bounds values : 0 OK") }.count == 1)
+        // Each member took one listed address as its own.
+        for port in ports { #expect(outputs.filter { $0.contains("127.0.0.1:\(port) (this one)") }.count == 1) }
+    }
+
     @Test("concord run -n 3 --discover runs three local members that discover each other")
     func localMembers() throws {
         let port = freeTCPPort()
