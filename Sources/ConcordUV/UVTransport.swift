@@ -194,22 +194,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
 
         let rightRank = (rank + 1) % worldSize
         let leftRank = (rank + worldSize - 1) % worldSize
-        guard let (rightHost, rightPort) = SocketAddress.split(values[1 + rightRank]) else {
-            throw ConcordError.malformedFrame(
-                rank: rank, peer: "the master", detail: "bad address '\(values[1 + rightRank])' for rank \(rightRank)")
-        }
-        let rightLink = try Connector.connect(
-            loop: loop, rank: rank, to: SocketAddress(host: rightHost, port: rightPort), deadline: deadline,
-            authenticator: options.authenticator
-        ) { [rank, options] last in
-            .peerLost(
-                rank: rank, peer: rightRank,
-                reason: "could not connect to it at \(rightHost):\(rightPort) within \(options.joinTimeout) s: \(last)")
-        }
-        rightLink.peerRank = rightRank
-        rightLink.delegate = self
-        rightLink.configure(timeout: options.peerTimeout)
-        rightLink.startReading()
+        let rightLink = try connect(to: rightRank, at: values[1 + rightRank], deadline: deadline)
         right = rightLink
         var hello = [("rank", "\(rank)"), ("world", "\(worldSize)"), ("session", session)]
         if options.medium != .tcp && nodes[rightRank] == nodes[rank] {
@@ -269,23 +254,33 @@ public final class UVTransport: Transport, @unchecked Sendable {
             .filter { $0 != (rank + 1) % n && $0 != (rank + n - 1) % n }
     }
 
+    /// Connects to rank `peer` at `address` (`host:port` from the store), retrying until `deadline`, and
+    /// starts reading (the handshake, when authenticated, is already under way).
+    private func connect(to peer: Int, at address: String, deadline: Deadline) throws -> PeerLink {
+        guard let (host, port) = SocketAddress.split(address) else {
+            throw ConcordError.malformedFrame(
+                rank: rank, peer: "the master", detail: "bad address '\(address)' for rank \(peer)")
+        }
+        let link = try Connector.connect(
+            loop: loop, rank: rank, to: SocketAddress(host: host, port: port), deadline: deadline,
+            authenticator: options.authenticator
+        ) { [rank, options] last in
+            .peerLost(
+                rank: rank, peer: peer,
+                reason: "could not connect to it at \(host):\(port) within \(options.joinTimeout) s: \(last)")
+        }
+        link.peerRank = peer
+        link.delegate = self
+        link.configure(timeout: options.peerTimeout)
+        link.startReading()
+        return link
+    }
+
     /// Connects to the higher-ranked doubling partners and waits until the lower-ranked ones connected.
     private func connectPartners(addresses: [String], deadline: Deadline) throws {
         let wanted = ringLinksAreFaster ? [] : Self.doublingPartners(rank: rank, worldSize: worldSize)
         for peer in wanted where peer > rank {
-            guard let (host, port) = SocketAddress.split(addresses[peer]) else { continue }
-            let link = try Connector.connect(
-                loop: loop, rank: rank, to: SocketAddress(host: host, port: port), deadline: deadline,
-                authenticator: options.authenticator
-            ) { [rank, options] last in
-                .peerLost(
-                    rank: rank, peer: peer,
-                    reason: "could not connect to it at \(host):\(port) within \(options.joinTimeout) s: \(last)")
-            }
-            link.peerRank = peer
-            link.delegate = self
-            link.configure(timeout: options.peerTimeout)
-            link.startReading()
+            let link = try connect(to: peer, at: addresses[peer], deadline: deadline)
             partners[peer] = link
             link.write(
                 FrameHeader(kind: .hello, sender: rank),
