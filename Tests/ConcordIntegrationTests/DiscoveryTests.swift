@@ -10,10 +10,12 @@ struct DiscoveryTests {
     }
 
     /// One `concord run --discover` member running a small checked all-reduce.
-    static func member(job: String, port: Int, secret: String, extra: [String] = []) throws -> ChildProcess {
+    static func member(
+        job: String, port: Int, secret: String, size: [String] = ["--world-size", "3"], extra: [String] = []
+    ) throws -> ChildProcess {
         try ChildProcess(
             try executable("concord"),
-            ["run", "--discover", "--job", job, "--world-size", "3", "--discovery-timeout", "30"] + extra + [
+            ["run", "--discover", "--job", job, "--discovery-timeout", "30"] + size + extra + [
                 "--", try executable("concord-bench"), "allreduce", "-b", "4K", "-e", "1M", "-f", "16", "-n", "2",
                 "-w", "1", "-c", "1",
             ], environment: ["CONCORD_SECRET": secret, "CONCORD_DISCOVERY_PORT": "\(port)"])
@@ -64,6 +66,21 @@ struct DiscoveryTests {
         #expect(outputs.filter { $0.contains("# Out of bounds values : 0 OK") }.count == 1)
         // Each member took one listed address as its own.
         for port in ports { #expect(outputs.filter { $0.contains("127.0.0.1:\(port) (this one)") }.count == 1) }
+    }
+
+    @Test("--min-size 2 with no world size: two members start once the view has settled")
+    func minimumSize() throws {
+        let port = freeTCPPort()
+        let members = try (0..<2).map { _ in
+            try Self.member(
+                job: "min-size-\(port)", port: port, secret: "s", size: ["--min-size", "2", "--settle", "1"])
+        }
+        defer { members.forEach { $0.kill() } }
+        for (i, member) in members.enumerated() {
+            #expect(member.wait(seconds: 90), "member \(i) did not finish")
+            #expect(
+                member.exitStatus == 0 && member.stdout.contains("2 members agreed"), "member \(i): \(member.stderr)")
+        }
     }
 
     @Test("concord run -n 3 --discover runs three local members that discover each other")

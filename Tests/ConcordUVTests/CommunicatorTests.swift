@@ -218,6 +218,55 @@ struct CommunicatorTests {
         #expect(text.contains("no job secret") && text.contains("CONCORD_INSECURE=1"), "\(text)")
     }
 
+    @Test(
+        "strangers at the master port of a running job (garbage, an oversized frame, a forged handshake) are dropped, each with a log line, and the job runs on"
+    )
+    func strangersDuringTheJob() {
+        let port = freeTCPPort()
+        let joined = DispatchSemaphore(value: 0)
+        let strangersDone = DispatchSemaphore(value: 0)
+        let results = withRanks(3, seconds: 60) { rank -> Bool in
+            if rank == 2 {
+                // Waits until ranks 0 and 1 formed their job, then pesters rank 0's store.
+                _ = joined.wait(timeout: .now() + 20)
+                defer { strangersDone.signal() }
+                var hungUp = 0
+                var header = [UInt8](repeating: 0, count: 48)
+                header.replaceSubrange(0..<4, with: Array("CNCD".utf8))
+                header[4] = 2
+                header[6] = 14  // auth
+                header.replaceSubrange(40..<48, with: [0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0])  // 16 MiB control frame
+                let replayedHello = Array("CCHS".utf8) + [1, 0, 1, 1, 1] + [UInt8](repeating: 7, count: 40)
+                var authFrame = [UInt8](repeating: 0, count: 48)
+                authFrame.replaceSubrange(0..<4, with: Array("CNCD".utf8))
+                authFrame[4] = 2
+                authFrame[6] = 14
+                authFrame[40] = UInt8(replayedHello.count)
+                for bytes in [
+                    Array("GET / HTTP/1.1\r\n\r\n".utf8) + [UInt8](repeating: 0, count: 64), header,
+                    authFrame + replayedHello,
+                ] {
+                    guard let socket = RawSocket.connect(port: port) else { return false }
+                    socket.write(bytes)
+                    if socket.read(4096).count < 4096 { hungUp += 1 }
+                    socket.close()
+                }
+                return hungUp == 3
+            }
+            let comm = try Communicator(blockingConfiguration: Self.configuration(rank: rank, worldSize: 2, port: port))
+            defer { comm.shutdownBlocking() }
+            try comm.barrierBlocking()
+            if rank == 0 { joined.signal() }
+            if rank == 0 { _ = strangersDone.wait(timeout: .now() + 20) }
+            var data: [Float] = [Float(rank), 1]
+            try comm.allReduceBlocking(&data)
+            return data == [1, 2]
+        }
+        for (rank, result) in results.enumerated() {
+            #expect((try? result.get()) == true, "rank \(rank): \(result)")
+        }
+    }
+
     @Test("a collective after shutdown throws shutDown")
     func afterShutdown() throws {
         let port = freeTCPPort()
