@@ -273,6 +273,13 @@ public final class DiscoveryMember: @unchecked Sendable {
                 "rank \(r) = node \(m.node.shortDescription) at \(m.host):\(m.port)\(r == rank ? " (this one)" : trip)")
         }
         summary.append("ring: " + (0..<members.count).map(String.init).joined(separator: " → ") + " → 0")
+        // This member's two ring links, as it measured them (every member prints its own: all links appear).
+        let n = members.count
+        for (from, to) in n > 1 ? [((rank + n - 1) % n, rank), (rank, (rank + 1) % n)] : [] {
+            let other = members[from == rank ? to : from].node
+            let figure = rtt[other].map { String(format: "rtt %.3f ms", $0 * 1e3) } ?? "not measured"
+            summary.append("link \(from) → \(to): \(figure)")
+        }
         summary += warnings
         return DiscoveredGroup(rank: rank, worldSize: members.count, members: members, summary: summary)
     }
