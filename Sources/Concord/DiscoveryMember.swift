@@ -2,7 +2,7 @@
 //
 //   beacons (BeaconService, multicast + broadcast) ──▶ the nodes of this job heard, with their host:port
 //   every 20 ms: MembershipAgreement.tick(view) ──▶ propose / accept / commit, as sealed unicast datagrams
-//   every 200 ms: ping every node heard ──▶ pong ──▶ round-trip times (the minimum seen) ──▶ its RTT row
+//   every 200 ms: ping every node heard (12 KiB) ──▶ pong ──▶ round trips (the minimum seen) ──▶ its RTT row
 //   commit ──▶ the group: members, and the ring order the coordinator chose from every member's RTT row
 //
 // With a static list of addresses (`--peers host:port,…` / CONCORD_PEERS) a member takes the first entry it
@@ -215,7 +215,7 @@ public final class DiscoveryMember: @unchecked Sendable {
         for peer in view() {
             let nonce = UInt64.random(in: 0...UInt64.max)
             pending[nonce] = (peer, now)
-            send(.ping, withUnsafeBytes(of: nonce.littleEndian, Array.init), to: peer)
+            send(.ping, withUnsafeBytes(of: nonce.littleEndian, Array.init) + Self.probePadding, to: peer)
         }
         // Listed addresses not heard from yet: a ping makes them answer (and so enter the view).
         let known = Set(heard.values.map(\.address))
@@ -237,7 +237,8 @@ public final class DiscoveryMember: @unchecked Sendable {
             guard let message = try? MembershipMessage.decode(datagram.body) else { return }
             perform(agreement.handle(message, from: datagram.sender, now: .now))
         case .ping:
-            send(.pong, datagram.body, to: datagram.sender)
+            guard datagram.body.count >= 8 else { return }
+            send(.pong, Array(datagram.body.prefix(8)), to: datagram.sender)
         case .pong:
             guard datagram.body.count == 8 else { return }
             let nonce = datagram.body.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
@@ -283,6 +284,11 @@ public final class DiscoveryMember: @unchecked Sendable {
         summary += warnings
         return DiscoveredGroup(rank: rank, worldSize: members.count, members: members, summary: summary)
     }
+
+    /// A ping carries 12 KiB: its round trip then reflects a link's rate as well as its latency (a ring
+    /// moves bulk data, so a slow link must look slow even when idle pings cross it as fast as any other).
+    /// 12 KiB take 5 ms at 20 Mbit/s, 1 ms at 100 Mbit/s, 0.1 ms at 1 Gbit/s; the pong is 8 bytes.
+    private static let probePadding = [UInt8](repeating: 0, count: 12 << 10)
 
     // MARK: - Setup
 
