@@ -18,7 +18,7 @@ RELEASE    := -c release $(ARCH_FLAGS) $(if $(SWIFT_SCRATCH),--scratch-path $(SW
 BIN         = $(shell $(SWIFT) build $(RELEASE) --show-bin-path)
 TEST_LIMIT ?= 900
 
-.PHONY: all deps build test bench demo compare compare-deps clean
+.PHONY: all deps build test lab bench demo compare compare-deps clean
 
 all: build
 
@@ -32,10 +32,16 @@ deps:
 build: deps
 	$(SWIFT) build $(RELEASE)
 
-# Unit, transport, launcher and multi-process tests; bounded in time, nothing left running.
+# Unit, transport, launcher and multi-process tests; bounded in time, nothing left running. Then the
+# discovery lab (Tests/lab): hosts made of network namespaces, when root (it says "skipped" otherwise).
 test: deps
 	$(SWIFT) build --build-tests
 	timeout --kill-after=30 $(TEST_LIMIT) $(SWIFT) test --skip-build
+	CONCORD_BIN=$$($(SWIFT) build --show-bin-path) timeout --kill-after=30 600 bash Tests/lab/discovery-lab.sh
+
+# The discovery lab alone, on the release build.
+lab: build
+	CONCORD_BIN=$(BIN) bash Tests/lab/discovery-lab.sh
 
 # The performance report: the kernels against memcpy, then Concord next to the raw TCP ring, N = 2 and 4,
 # 4 KiB ... 64 MiB.

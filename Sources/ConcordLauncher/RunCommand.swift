@@ -182,6 +182,13 @@ struct RunCommand: ParsableCommand {
             plan.security = [("CONCORD_SECRET", LaunchPlan.randomSecret())]
         }
         if isDiscovering {
+            // Discovery starts threads (its event loop); they inherit this mask. Without it the kernel may
+            // hand SIGCHLD (or SIGINT, SIGTERM) to such a thread, and the signalfd that ProcessGroup reads
+            // on this one never sees it: the launcher would not notice its program exit.
+            var signals = sigset_t()
+            sigemptyset(&signals)
+            for signal in [SIGCHLD, SIGINT, SIGTERM, SIGHUP] { sigaddset(&signals, signal) }
+            pthread_sigmask(SIG_BLOCK, &signals, nil)
             do {
                 (members, plan.discovered) = try discoverGroup()
             } catch {
