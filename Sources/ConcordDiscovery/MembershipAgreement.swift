@@ -13,7 +13,8 @@
 // with a `minSize` M, at least M nodes and no change of the view for the settle window. The proposal lists
 // the view's node ids, sorted, cut to the first N; rank = index in that list, so the same set of ids
 // gives the same ranks whatever the order in which nodes appeared. The proposal also carries the ring
-// order, computed by the coordinator from the RTT rows members sent it (`RingOrder.choose`), so members
+// order, computed by the coordinator from the RTT rows members sent it (`RingOrder.choose` on the matrix
+// quantized to powers of 4, so noise keeps node-id order and only real structure reorders), so members
 // never compute it themselves and cannot disagree.
 //
 // Binding. A member that accepts P is *bound* to P: until C aborts P or commits it, the member accepts no
@@ -283,7 +284,7 @@ public struct MembershipAgreement: Sendable, CustomStringConvertible {
         counter += 1
         let proposal = Proposal(
             id: ProposalID(coordinator: nodeID, counter: counter), members: members, worldSize: policy.worldSize,
-            minSize: policy.minSize, ring: rtt.hasMeasurements ? RingOrder.choose(rtt: rtt) : nil)
+            minSize: policy.minSize, ring: rtt.hasMeasurements ? RingOrder.choose(rtt: rtt.quantized()) : nil)
         if members.count == 1 {
             phase = .committed(proposal)
             return [.start(MembershipGroup(proposal))]

@@ -80,6 +80,26 @@ public struct RTTMatrix: Sendable, Equatable {
         }
     }
 
+    /// The matrix with every figure rounded down to a power of `factor` times the smallest one: links
+    /// within a factor of each other cost the same. Measurement noise (a LAN's round trips vary by 2×)
+    /// then cannot reorder the ring — equal costs keep node-id order, so ranks stay the same for the same
+    /// nodes on the same network — while a link that is really slower (behind another access point)
+    /// still stands out.
+    public func quantized(factor: Double = 4) -> RTTMatrix {
+        let measured = storage.compactMap { $0 }.filter { $0 > 0 }
+        guard let smallest = measured.min(), factor > 1 else { return self }
+        var result = self
+        for a in 0..<count {
+            for b in 0..<count where b > a {
+                guard let value = self[a, b] else { continue }
+                var rounded = smallest
+                while rounded * factor <= value { rounded *= factor }
+                result[a, b] = rounded
+            }
+        }
+        return result
+    }
+
     /// True when at least one link is measured.
     public var hasMeasurements: Bool { storage.contains { $0 != nil } }
 

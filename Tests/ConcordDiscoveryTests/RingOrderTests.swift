@@ -159,4 +159,26 @@ struct RingOrderTests {
         #expect(RingOrder.identity(count: 2).table(rtt: RTTMatrix(count: 2)).contains("unmeasured"))
         #expect(RingOrder.format(0.000_049_6) == "50 µs" && RingOrder.format(0.012_345) == "12.35 ms")
     }
+
+    @Test("quantized round trips: a LAN's noise keeps node-id order, a slow link still reorders the ring")
+    func quantizedNoise() {
+        // Four nodes on one LAN, round trips 0.25-0.45 ms in a pattern that would pick another ring exactly.
+        let lan = RTTMatrix(rows: [
+            [nil, 0.00045, 0.00025, 0.00044],
+            [0.00045, nil, 0.00043, 0.00025],
+            [0.00025, 0.00043, nil, 0.00046],
+            [0.00044, 0.00025, 0.00046, nil],
+        ])
+        #expect(RingOrder.choose(rtt: lan) != RingOrder.identity(count: 4))
+        #expect(RingOrder.choose(rtt: lan.quantized()) == RingOrder.identity(count: 4))
+        // Two access points {0, 2} and {1, 3} joined by a link 30x slower: the ring crosses it twice.
+        let fast = 0.0003
+        let slow = 0.009
+        let split = RTTMatrix(rows: [
+            [nil, slow, fast, slow], [slow, nil, slow, fast], [fast, slow, nil, slow], [slow, fast, slow, nil],
+        ])
+        let ring = RingOrder.choose(rtt: split.quantized())
+        let crossings = ring.links.filter { ($0.from % 2) != ($0.to % 2) }.count
+        #expect(crossings == 2, "\(ring)")
+    }
 }
