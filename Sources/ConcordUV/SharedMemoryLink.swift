@@ -86,9 +86,6 @@ final class SharedMemoryLink {
 
     static func padded(_ bytes: Int) -> Int { (bytes + alignment - 1) / alignment * alignment }
 
-    /// Whether this end still has work that needs the peer: sends not yet in the ring, receives not yet full.
-    var isBusy: Bool { sendHead < sends.count || receiveHead < receives.count }
-
     // MARK: - Sending end
 
     /// Queues a data frame; its bytes go into the ring at the next `pump` (and at once when they fit).
