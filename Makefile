@@ -18,7 +18,7 @@ RELEASE    := -c release $(ARCH_FLAGS) $(if $(SWIFT_SCRATCH),--scratch-path $(SW
 BIN         = $(shell $(SWIFT) build $(RELEASE) --show-bin-path)
 TEST_LIMIT ?= 900
 
-.PHONY: all deps build test lab bench demo compare compare-deps clean
+.PHONY: all deps build test lab bench bench-train demo compare compare-deps clean
 
 all: build
 
@@ -50,9 +50,14 @@ bench: build
 	$(BIN)/concord run -n 2 -- $(BIN)/concord-bench allreduce -b 4K -e 64M -f 4 -n 20 -w 5 -c 1 --raw-ring --raw-ring-cold
 	$(BIN)/concord run -n 4 -- $(BIN)/concord-bench allreduce -b 4K -e 64M -f 4 -n 20 -w 5 -c 1 --raw-ring --raw-ring-cold
 
-# The main job on built-in data: 4 local ranks, a checked all-reduce sweep with the bandwidth table.
+# The main job on built-in data: 4 local ranks find each other by discovery on this host, train the digit
+# classifier data-parallel (concord-train), classify the test set together and print the summary.
 demo: build
-	$(BIN)/concord run -n 4 -- $(BIN)/concord-bench allreduce -b 4 -e 64M -f 4 -n 10 -w 2 -c 1
+	$(BIN)/concord run -n 4 --discover --world-size 4 --job concord-demo -- $(BIN)/concord-train --evaluate
+
+# Data-parallel scaling of concord-train: images/s for 1, 2 and 4 ranks and every compression, one table.
+bench-train: build
+	$(BIN)/concord-bench train --ranks 1,2,4 --compressions none,fp16,bf16,int8
 
 # Concord next to Gloo and Open MPI on this machine: installs them when missing, builds the baselines in
 # Benchmarks/Baselines, runs everything interleaved ROUNDS times and prints one table per N; the JSON,

@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "Concord", targets: ["Concord"]),
         .executable(name: "concord", targets: ["ConcordLauncher"]),
         .executable(name: "concord-bench", targets: ["ConcordBench"]),
+        .executable(name: "concord-train", targets: ["ConcordTrain"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -36,6 +37,8 @@ let package = Package(
         // Discovery logic, pure: beacons, job secret and handshake, membership agreement, ring order, interfaces.
         .target(
             name: "ConcordDiscovery", dependencies: ["ConcordCore", .product(name: "Crypto", package: "swift-crypto")]),
+        // The demo trainer's model and data: SIMD matrix code, an MLP, synthetic digits, IDX files. Pure; no Concord dependency.
+        .target(name: "ConcordML"),
         // Test seams: in-memory transport, rank-spawning helpers, distinct-value fixtures.
         .target(name: "ConcordTestSupport", dependencies: ["ConcordCore"]),
         .executableTarget(
@@ -50,6 +53,12 @@ let package = Package(
                 "Concord", "ConcordTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/ConcordBench"),
+        // The demo trainer: an image classifier trained data-parallel with GradientSynchronizer.
+        .executableTarget(
+            name: "ConcordTrain",
+            dependencies: [
+                "Concord", "ConcordML", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         .testTarget(name: "ConcordCoreTests", dependencies: ["ConcordCore"]),
         .testTarget(name: "ConcordKernelsTests", dependencies: ["ConcordKernels", "CConcordCPU", "ConcordTestSupport"]),
         .testTarget(name: "ConcordCollectivesTests", dependencies: ["ConcordCollectives", "ConcordTestSupport"]),
@@ -57,5 +66,6 @@ let package = Package(
         .testTarget(name: "ConcordLauncherTests", dependencies: ["ConcordTestSupport"]),
         .testTarget(name: "ConcordDiscoveryTests", dependencies: ["ConcordDiscovery", "ConcordCore"]),
         .testTarget(name: "ConcordIntegrationTests", dependencies: ["ConcordTestSupport"]),
+        .testTarget(name: "ConcordMLTests", dependencies: ["ConcordML"]),
     ]
 )

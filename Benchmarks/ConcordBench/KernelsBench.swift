@@ -2,7 +2,9 @@
 // memcpy of the same buffer size measured in the same run.
 //
 // Every row is a kernel on buffers of `size` bytes: a combine (`destination op= source`, each op × dtype),
-// the scaling that finishes `avg`, or a conversion (the float32 side is `size` bytes). Each measurement is
+// the scaling that finishes `avg`, a conversion (the float32 side is `size` bytes), or, with int8, the
+// blockwise int8 quantization of compressed all-reduce (QuantizeKernels: encode, decode, decodeAdd; the
+// float32 side is `size` bytes, the encoded side 1.0625/4 of it). Each measurement is
 // the best of several runs, a run repeating the call until it has lasted a minimum time. Every row has its
 // own yardstick: memcpy of `size` bytes between the same two buffers, its runs alternating with the
 // kernel's, so that a change in the machine's load (this VM is shared) moves both. Single process: no
@@ -56,7 +58,8 @@ struct KernelsBench: ParsableCommand {
             emit("# bfloat16 path: \(KernelPath.best); rows 'bf16-sw' run the portable Swift path for comparison")
         }
         emit("# traffic = bytes read + written per call / time. Per byte of buffer: combine 3 (reads destination")
-        emit("#   and source, writes destination), scale 2, memcpy 2; conversions 1.5 (size = the float32 side).")
+        emit("#   and source, writes destination), scale 2, memcpy 2; conversions 1.5 (size = the float32 side);")
+        emit("#   int8/64 encode and decode 1.27, decodeAdd 2.27 (size = the float32 side; GB/s of floats = 4 × rate).")
         emit("# ratio = the kernel's traffic GB/s / memcpy's traffic GB/s, memcpy of the same size measured in runs")
         emit("#   alternating with the kernel's (its own column); GB = 1e9 bytes")
         emit("#")
@@ -109,6 +112,28 @@ struct KernelsBench: ParsableCommand {
                     t = block.measure { ConvertKernels.convert(s, from: from, to: d, as: to, count: floats) }
                 }
                 rows.append((name, "convert", floats, 1.5, t))
+            }
+            if selected.contains(.int8) {
+                // Encode source → destination, then decode (or decode and add) destination → source.
+                let b = QuantizeKernels.defaultBlockSize
+                let encodedBytes = QuantizeKernels.encodedByteCount(count: floats, blockSize: b)
+                let ratio = Double(encodedBytes) / Double(size)
+                block.fill(.float32, op: .sum)
+                let values = UnsafeMutableBufferPointer(
+                    start: block.source.assumingMemoryBound(to: Float.self), count: floats)
+                let encoded = UnsafeMutableRawBufferPointer(start: block.destination, count: encodedBytes)
+                let tEncode = block.measure {
+                    QuantizeKernels.encode(UnsafeBufferPointer(values), into: encoded, blockSize: b)
+                }
+                rows.append(("float>int8/\(b)", "encode", floats, 1 + ratio, tEncode))
+                let tDecode = block.measure {
+                    QuantizeKernels.decode(from: UnsafeRawBufferPointer(encoded), into: values, blockSize: b)
+                }
+                rows.append(("int8/\(b)>float", "decode", floats, 1 + ratio, tDecode))
+                let tAdd = block.measure {
+                    QuantizeKernels.decodeAdd(from: UnsafeRawBufferPointer(encoded), into: values, blockSize: b)
+                }
+                rows.append(("int8/\(b)>float", "decAdd", floats, 2 + ratio, tAdd))
             }
             let best = rows.map(\.timing.memcpy).min() ?? .infinity
             emit(line(size, "-", "memcpy", size, best, 2 * Double(size) / best, 2 * Double(size) / best, 1))

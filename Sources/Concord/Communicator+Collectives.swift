@@ -329,6 +329,13 @@ final class ArrayBox<T>: Buffer, @unchecked Sendable {
 
     func restore(into data: inout [T]) { swap(&array, &data) }
 
+    /// Hands the array back (for a `Work`'s value).
+    func take() -> [T] {
+        var data: [T] = []
+        swap(&array, &data)
+        return data
+    }
+
     func withBytes(_ body: (SendableBytes) throws -> Void) throws {
         try array.withUnsafeMutableBufferPointer { try body(SendableBytes($0)) }
     }

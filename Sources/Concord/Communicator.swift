@@ -5,7 +5,8 @@
 // each of its waits turns the loop, so neither the collective nor any ring step crosses threads. The
 // async API queues the collective as a job for the loop's service thread and suspends the caller with a
 // continuation that the service thread resumes (no thread of Swift's cooperative pool ever blocks on the
-// network). Collectives run in the order they take the loop; each takes the next sequence number then.
+// network); `...Async` calls queue the same way and return a `Work` at once (Work.swift). Collectives run
+// in the order they are issued, and each takes the next sequence number when it runs.
 import ConcordCollectives
 @_exported import ConcordCore
 import ConcordUV
@@ -38,6 +39,10 @@ public final class Communicator: @unchecked Sendable {
     private var sequence: UInt64 = 0
     private let stateLock = NSLock()
     private var isShutDown = false
+    /// Orders collectives: async ones queue under it, blocking ones wait under it for `inFlight` to drain.
+    private let order = NSCondition()
+    /// Collectives issued asynchronously and not yet ended.
+    private var inFlight = 0
 
     /// Largest payload of one frame, in bytes (a tuning knob; see docs/algorithms.md).
     package var segmentBytes: Int {
@@ -135,19 +140,41 @@ public final class Communicator: @unchecked Sendable {
 
     /// Runs `job` with the next sequence number on the loop thread; resumes the caller when it ends.
     func perform(_ job: @escaping Job) async throws {
-        try checkOpen()
-        let segment = segmentBytes
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            loop.submit { [self] in
-                continuation.resume(with: Result { try step(job, segment) })
-            }
-        }
+        try await issue(job, result: {}).value
     }
 
-    /// Runs `job` on the calling thread, which drives the loop while it runs: no thread hand-off.
+    /// Queues `job` for the service thread behind every collective issued before it and returns at once;
+    /// `result` makes the Work's value once the job has run.
+    func issue<Value: Sendable>(_ job: @escaping Job, result: @escaping @Sendable () -> Value) -> Work<Value> {
+        let segment = segmentBytes
+        order.lock()
+        defer { order.unlock() }
+        if stateLock.withLock({ isShutDown }) { return Work(failed: ConcordError.shutDown(rank: rank)) }
+        let work = Work<Value>()
+        inFlight += 1
+        // Submitted under `order`: two threads issuing at once still queue in the order they took the lock.
+        loop.submit { [self] in
+            let outcome = Result { () throws -> Value in
+                try step(job, segment)
+                return result()
+            }
+            order.withLock {
+                inFlight -= 1
+                order.broadcast()
+            }
+            work.complete(outcome)
+        }
+        return work
+    }
+
+    /// Runs `job` on the calling thread, which drives the loop while it runs: no thread hand-off. Waits
+    /// first for the collectives issued asynchronously before it (they end within the peer timeout).
     func performBlocking(_ job: Job) throws {
         try checkOpen()
         let segment = segmentBytes
+        order.withLock {
+            while inFlight > 0 { order.wait() }
+        }
         try loop.drive { try step(job, segment) }
     }
 

@@ -91,6 +91,9 @@ public enum CollectiveKind: UInt8, Sendable, CaseIterable, CustomStringConvertib
     case allGather = 4
     case broadcast = 5
     case reduce = 6
+    /// The all-reduce whose links carry compressed float32 (`RingCollectives.compressedAllReduce`): its
+    /// frames' dtype is the link's codec, not the buffer's.
+    case compressedAllReduce = 7
 
     public var description: String {
         switch self {
@@ -100,6 +103,7 @@ public enum CollectiveKind: UInt8, Sendable, CaseIterable, CustomStringConvertib
         case .allGather: return "allGather"
         case .broadcast: return "broadcast"
         case .reduce: return "reduce"
+        case .compressedAllReduce: return "compressedAllReduce"
         }
     }
 }

@@ -214,6 +214,16 @@ public enum ReduceKernels {
         }
     }
 
+    /// `destination[i] -= source[i]` for `count` floats; the two must not partly overlap.
+    @inlinable
+    public static func subtract(
+        from destination: UnsafeMutablePointer<Float>, _ source: UnsafePointer<Float>, count: Int
+    ) {
+        SIMDLoops.combine(
+            UnsafeMutableRawPointer(destination), UnsafeRawPointer(source), count, SIMD16<Float>.self,
+            { $0 - $1 }, { $0 - $1 })
+    }
+
     /// `destination[i] += source[i]` for `count` floats; the two may be equal but must not partly overlap.
     @inlinable
     public static func sum(into destination: UnsafeMutablePointer<Float>, from source: UnsafePointer<Float>, count: Int)

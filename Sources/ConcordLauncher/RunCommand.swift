@@ -174,7 +174,8 @@ struct RunCommand: ParsableCommand {
         } else if secretFile == nil && !Self.isSet("CONCORD_SECRET")
             && !Self.isSet("CONCORD_SECRET_FILE")
         {
-            if isDiscovering {
+            // Every member this launcher's own (all local): a fresh secret that only they know.
+            if isDiscovering && worldSize != ranks {
                 Self.fail(
                     "--discover needs the job's secret on every member: set CONCORD_SECRET or pass --secret-file "
                         + "(or --insecure on a trusted network)", exitCode: 64)
@@ -190,7 +191,8 @@ struct RunCommand: ParsableCommand {
             for signal in [SIGCHLD, SIGINT, SIGTERM, SIGHUP] { sigaddset(&signals, signal) }
             pthread_sigmask(SIG_BLOCK, &signals, nil)
             do {
-                (members, plan.discovered) = try discoverGroup()
+                (members, plan.discovered) = try discoverGroup(
+                    generatedSecret: plan.security.first { $0.0 == "CONCORD_SECRET" }?.1)
             } catch {
                 Self.fail("\(error)", exitCode: 1)
             }
@@ -206,7 +208,7 @@ struct RunCommand: ParsableCommand {
 
     /// Runs `ranks` discovery members on this host until they agree on a group; prints the group and
     /// returns each member's rank and variables (the members keep answering until closed).
-    private func discoverGroup() throws -> (
+    private func discoverGroup(generatedSecret: String?) throws -> (
         [DiscoveryMember], [(rank: Int, environment: [(name: String, value: String)])]
     ) {
         let authentication: Authentication
@@ -214,6 +216,8 @@ struct RunCommand: ParsableCommand {
             authentication = .insecure
         } else if let secretFile {
             authentication = .secret(try JobSecret(contentsOfFile: secretFile))
+        } else if let generatedSecret {
+            authentication = .secret(try JobSecret(string: generatedSecret))
         } else {
             guard let found = try Configuration.authentication(environment: ProcessInfo.processInfo.environment) else {
                 throw ConcordError.invalidConfiguration("no job secret")
