@@ -21,7 +21,7 @@ struct ConcordBench: ParsableCommand {
             """,
         subcommands: [
             AllReduceBench.self, ReduceScatterBench.self, AllGatherBench.self, BroadcastBench.self, ReduceBench.self,
-            RawRingBench.self, KernelsBench.self, TrainBench.self,
+            RawRingBench.self, KernelsBench.self, TrainBench.self, HeteroBench.self,
         ])
 }
 

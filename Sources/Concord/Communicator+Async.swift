@@ -13,7 +13,7 @@ extension Communicator {
     public func allReduceAsync<T: ConcordElement>(_ data: [T], op: ReduceOp = .sum) -> Work<[T]> {
         var data = data
         let box = ArrayBox(&data)
-        return issue(Self.allReduceJob(box, nil, T.dataType, op)) { box.take() }
+        return issue(allReduceJob(box, nil, T.dataType, op)) { box.take() }
     }
 
     /// Issues `allReduce` in place on caller-owned memory, which must stay valid and untouched until the
@@ -21,14 +21,14 @@ extension Communicator {
     public func allReduceAsync<T: ConcordElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum)
         -> Work<Void>
     {
-        issue(Self.allReduceJob(SendableBytes(buffer), nil, T.dataType, op)) {}
+        issue(allReduceJob(SendableBytes(buffer), nil, T.dataType, op)) {}
     }
 
     /// Issues `allReduce` from `input` into `output` (caller-owned, valid until the Work completes).
     public func allReduceAsync<T: ConcordElement>(
         _ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum
     ) -> Work<Void> {
-        issue(Self.allReduceJob(SendableBytes(input), SendableBytes(output), T.dataType, op)) {}
+        issue(allReduceJob(SendableBytes(input), SendableBytes(output), T.dataType, op)) {}
     }
 
     /// Issues `reduceScatter` on an array of n blocks; `value` is block `rank` of the reduction.
@@ -99,11 +99,15 @@ extension Communicator {
         if codec == .float32 { return allReduceAsync(buffer, op: .sum) }
         let memory = SendableBytes(buffer)
         let error = residual.map { SendableBytes($0) }
+        let capacity = self.capacity
         return issue({ transport, sequence, segment in
+            // Chunks sized by link capacity when that is on (the codec stays the caller's on every link).
+            let plan = capacity.plan(forBytes: memory.bytes.count, worldSize: transport.worldSize)
             try RingCollectives.compressedAllReduce(
                 memory.bytes.bindMemory(to: Float.self), hopCodecs: Array(repeating: codec, count: transport.worldSize),
-                residual: error?.bytes.bindMemory(to: Float.self), sequence: sequence, transport: transport,
-                segmentBytes: segment)
+                chunkCounts: plan?.chunkCounts(count: memory.count), residual: error?.bytes.bindMemory(to: Float.self),
+                sequence: sequence, transport: transport,
+                segmentBytes: plan.map { CapacityState.segmentBytes(for: $0, default: segment) } ?? segment)
         }) {}
     }
 }

@@ -7,6 +7,7 @@
 // thread, and moved back. Raw buffers must stay valid and untouched until the call returns.
 import ConcordCollectives
 import ConcordCore
+import ConcordKernels
 import ConcordUV
 
 extension Communicator {
@@ -23,21 +24,21 @@ extension Communicator {
     public func allReduce<T: ConcordElement>(_ data: inout [T], op: ReduceOp = .sum) async throws {
         let box = ArrayBox(&data)
         defer { box.restore(into: &data) }
-        try await perform(Self.allReduceJob(box, nil, T.dataType, op))
+        try await perform(allReduceJob(box, nil, T.dataType, op))
     }
 
     /// Reduces `buffer` in place over all ranks.
     public func allReduce<T: ConcordElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum)
         async throws
     {
-        try await perform(Self.allReduceJob(SendableBytes(buffer), nil, T.dataType, op))
+        try await perform(allReduceJob(SendableBytes(buffer), nil, T.dataType, op))
     }
 
     /// Reduces `input` over all ranks into `output` (same count; `output` may be `input` itself).
     public func allReduce<T: ConcordElement>(
         _ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum
     ) async throws {
-        try await perform(Self.allReduceJob(SendableBytes(input), SendableBytes(output), T.dataType, op))
+        try await perform(allReduceJob(SendableBytes(input), SendableBytes(output), T.dataType, op))
     }
 
     /// Blocking `allReduce` on an array.
@@ -49,23 +50,40 @@ extension Communicator {
     public func allReduceBlocking<T: ConcordElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum)
         throws
     {
-        try performBlocking(Self.allReduceJob(SendableBytes(buffer), nil, T.dataType, op))
+        try performBlocking(allReduceJob(SendableBytes(buffer), nil, T.dataType, op))
     }
 
     /// Blocking `allReduce` from `input` into `output`.
     public func allReduceBlocking<T: ConcordElement>(
         _ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum
     ) throws {
-        try performBlocking(Self.allReduceJob(SendableBytes(input), SendableBytes(output), T.dataType, op))
+        try performBlocking(allReduceJob(SendableBytes(input), SendableBytes(output), T.dataType, op))
     }
 
-    static func allReduceJob(_ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType, _ op: ReduceOp) -> Job
-    {
-        { transport, sequence, segment in
+    func allReduceJob(_ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType, _ op: ReduceOp) -> Job {
+        let capacity = self.capacity
+        return { transport, sequence, segment in
             try input.with(output) { input, output in
                 try check(
                     output.count == input.count, rank: transport.rank,
                     "allReduce output holds \(output.count) elements, input \(input.count)")
+                if dataType == .float32, op == .sum || op == .avg,
+                    let plan = capacity.plan(forBytes: input.bytes.count, worldSize: transport.worldSize)
+                {
+                    // The capacity-aware ring (Communicator+Capacity.swift) works in place.
+                    if input.bytes.baseAddress != output.bytes.baseAddress {
+                        output.bytes.copyMemory(from: UnsafeRawBufferPointer(input.bytes))
+                    }
+                    let floats = output.bytes.bindMemory(to: Float.self)
+                    try RingCollectives.compressedAllReduce(
+                        floats, hopCodecs: plan.hopCodecs, chunkCounts: plan.chunkCounts(count: floats.count),
+                        sequence: sequence, transport: transport,
+                        segmentBytes: CapacityState.segmentBytes(for: plan, default: segment))
+                    if op == .avg, let base = floats.baseAddress {
+                        ReduceKernels.scale(base, count: floats.count, dataType: .float32, by: 1 / Double(transport.worldSize))
+                    }
+                    return
+                }
                 try RingCollectives.allReduce(
                     input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: input.count,
                     dataType: dataType, op: op, sequence: sequence, transport: transport, segmentBytes: segment)

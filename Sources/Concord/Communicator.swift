@@ -33,12 +33,14 @@ public final class Communicator: @unchecked Sendable {
     /// The configuration the communicator joined with.
     public let configuration: Configuration
 
-    private let loop: EventLoop
-    private let transport: UVTransport
+    let loop: EventLoop
+    let transport: UVTransport
     /// Collective sequence number; only touched on the loop thread.
-    private var sequence: UInt64 = 0
+    var sequence: UInt64 = 0
     private let stateLock = NSLock()
     private var isShutDown = false
+    /// Link estimates and the capacity-aware plan (Communicator+Capacity.swift); loop thread only.
+    let capacity = CapacityState()
     /// Orders collectives: async ones queue under it, blocking ones wait under it for `inFlight` to drain.
     private let order = NSCondition()
     /// Collectives issued asynchronously and not yet ended.
@@ -100,6 +102,8 @@ public final class Communicator: @unchecked Sendable {
         self.rank = configuration.rank
         self.worldSize = configuration.worldSize
         self.localRank = configuration.localRank
+        capacity.policy = configuration.capacityPolicy
+        capacity.replanEvery = configuration.replanEvery
     }
 
     private static func join(loop: EventLoop, _ configuration: Configuration) throws -> UVTransport {
@@ -170,19 +174,25 @@ public final class Communicator: @unchecked Sendable {
     /// Runs `job` on the calling thread, which drives the loop while it runs: no thread hand-off. Waits
     /// first for the collectives issued asynchronously before it (they end within the peer timeout).
     func performBlocking(_ job: Job) throws {
-        try checkOpen()
         let segment = segmentBytes
+        try exclusively { try step(job, segment) }
+    }
+
+    /// Runs `body` as the loop's driver on the calling thread, after the collectives issued before it.
+    func exclusively<T>(_ body: () throws -> T) throws -> T {
+        try checkOpen()
         order.withLock {
             while inFlight > 0 { order.wait() }
         }
-        try loop.drive { try step(job, segment) }
+        return try loop.drive(body)
     }
 
     /// On the loop thread. A bad argument fails the communicator on every rank: the other ranks may
     /// already be waiting for this one's frames.
     private func step(_ job: Job, _ segment: Int) throws {
-        sequence += 1
         do {
+            if capacity.isDue { try replan() }
+            sequence += 1
             try job(transport, sequence, segment)
         } catch let error as ConcordError {
             if case .invalidArgument = error, transport.failure == nil { transport.abort(error) }

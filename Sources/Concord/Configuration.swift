@@ -26,6 +26,14 @@ public struct Configuration: Sendable {
     /// default 50; 0 never spins). Spinning saves a thread wake-up per ring step.
     public var spinMicroseconds = Configuration.defaultSpinMicroseconds
 
+    /// Whether large float32 sums size ring chunks by measured link capacity, and compress on slow links
+    /// (`CONCORD_CAPACITY`: off, the default; weighted; or fp16, bf16, int8 for weighted chunks with that
+    /// compression on links much slower than the rest). The same on every rank.
+    public var capacityPolicy = CapacityPolicy.off
+    /// Collectives between two measurements of the links under a capacity policy (`CONCORD_REPLAN_EVERY`,
+    /// default 50).
+    public var replanEvery = 50
+
     /// The name of this machine at the rendezvous (`CONCORD_NODE`); ranks with the same name use shared
     /// memory between them. nil: the host name and boot id (two containers that share /dev/shm may set one).
     public var node: String?
@@ -155,6 +163,19 @@ public struct Configuration: Sendable {
         node = env["CONCORD_NODE"].flatMap { $0.isEmpty ? nil : $0 }
         if let job = env["CONCORD_JOB"], !job.isEmpty { jobName = job }
         authentication = try Self.authentication(environment: env)
+        if let text = env["CONCORD_CAPACITY"], !text.isEmpty {
+            guard let policy = CapacityPolicy(text.lowercased()) else {
+                throw ConcordError.invalidConfiguration(
+                    "CONCORD_CAPACITY=\(text) is not one of off, weighted, fp16, bf16, int8")
+            }
+            capacityPolicy = policy
+        }
+        if let every = try integer("CONCORD_REPLAN_EVERY") {
+            guard every >= 1 else {
+                throw ConcordError.invalidConfiguration("CONCORD_REPLAN_EVERY=\(every) must be at least 1")
+            }
+            replanEvery = every
+        }
         if let spin = try integer("CONCORD_SPIN_US") {
             guard (0...1_000_000).contains(spin) else {
                 throw ConcordError.invalidConfiguration("CONCORD_SPIN_US=\(spin) must be in 0...1000000 microseconds")

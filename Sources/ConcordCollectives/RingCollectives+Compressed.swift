@@ -306,7 +306,9 @@ extension RingCollectives {
             worldSize: n, rank: rank, hopCodecs: hopCodecs, chunkCounts: chunkCounts, count: buffer.count,
             segmentBytes: segmentBytes)
         let schedule = plan.schedule
-        let order = schedule.wireOrder(band: reduceScatterBand)
+        // Weighted chunks: whole anti-diagonal waves, so that one chunk's all-gather overlaps its own
+        // reduce-scatter on later segments (bands would serialize them through the ranks' send order).
+        let order = schedule.wireOrder(band: chunkCounts == nil ? reduceScatterBand : .max)
         let total = order.count
         let k = plan.segmentsPerChunk
         let window = receiveWindow

@@ -94,6 +94,8 @@ public enum CollectiveKind: UInt8, Sendable, CaseIterable, CustomStringConvertib
     /// The all-reduce whose links carry compressed float32 (`RingCollectives.compressedAllReduce`): its
     /// frames' dtype is the link's codec, not the buffer's.
     case compressedAllReduce = 7
+    /// The link probe (`RingCollectives.probeLink`): each rank times zero-filled uint8 frames from its left.
+    case linkProbe = 8
 
     public var description: String {
         switch self {
@@ -104,6 +106,7 @@ public enum CollectiveKind: UInt8, Sendable, CaseIterable, CustomStringConvertib
         case .broadcast: return "broadcast"
         case .reduce: return "reduce"
         case .compressedAllReduce: return "compressedAllReduce"
+        case .linkProbe: return "linkProbe"
         }
     }
 }

@@ -43,6 +43,18 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Gradients on the wire: none, fp16, bf16 or int8 (error feedback).")
     var compression: GradientSynchronizer.Compression = .none
 
+    @Option(
+        help: ArgumentHelp(
+            "Ring chunks by measured link capacity: off, weighted, or fp16/bf16/int8 (weighted, and that compression on slow links only). Default: CONCORD_CAPACITY or off.",
+            valueName: "policy"))
+    var capacity: String?
+
+    @Option(help: "Capacity of the first gradient bucket in KiB (the gradients backward makes first).")
+    var firstBucketKib = 1024
+
+    @Option(help: "Capacity of every later gradient bucket in KiB.")
+    var bucketKib = 25 * 1024
+
     @Flag(help: "Size each rank's local batch by its measured step throughput, so all ranks finish a step together.")
     var balance = false
 
@@ -87,6 +99,10 @@ struct TrainCommand: ParsableCommand {
         if let globalBatch, globalBatch < 1 { throw ValidationError("--global-batch must be at least 1") }
         if let steps, steps < 1 { throw ValidationError("--steps must be at least 1") }
         if balance && batchShares != nil { throw ValidationError("--balance and --batch-shares exclude each other") }
+        if firstBucketKib < 1 || bucketKib < 1 { throw ValidationError("bucket capacities must be at least 1 KiB") }
+        if let capacity, CapacityPolicy(capacity) == nil {
+            throw ValidationError("--capacity takes off, weighted, fp16, bf16 or int8")
+        }
         if let hidden, Self.parseHidden(hidden) == nil {
             throw ValidationError("--hidden takes positive layer sizes separated by commas, e.g. 256,128")
         }

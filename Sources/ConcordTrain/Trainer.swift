@@ -82,8 +82,12 @@ struct Trainer {
         for parameter in model.parameters {
             try communicator.broadcastBlocking(parameter.values, root: 0)
         }
+        if let policy = options.capacity.flatMap(CapacityPolicy.init) { communicator.capacityPolicy = policy }
         sync = GradientSynchronizer(
-            communicator: communicator, options: .init(compression: options.compression))
+            communicator: communicator,
+            options: .init(
+                firstBucketBytes: options.firstBucketKib << 10, bucketBytes: options.bucketKib << 10,
+                compression: options.compression))
         for parameter in model.parameters {
             sync.register(parameter.gradient, name: parameter.name)
         }
@@ -106,6 +110,13 @@ struct Trainer {
         say(
             "concord-train: \(n) rank\(n == 1 ? "" : "s"), \(dataName): \(trainCount) train / \(test.count) test images, model \(model.layerSizes.map(String.init).joined(separator: "-")) (\(parameterCount) parameters)"
         )
+        if comm.capacityPolicy != .off {
+            let links = try comm.measureLinksBlocking()
+            say("  capacity policy \(comm.capacityPolicy); links (MB/s): " + links.map { String(format: "%.1f", $0.bytesPerSecond / 1e6) }.joined(separator: ", "))
+            if let plan = comm.capacityPlan?.plan {
+                for line in plan.description.split(separator: "\n") { say("    \(line)") }
+            }
+        }
         say(
             "  global batch \(recipe.globalBatch) = \(local.map(String.init).joined(separator: "+")) per rank, \(steps) steps per epoch, compression \(options.compression), \(sync.bucketLayout.count) bucket\(sync.bucketLayout.count == 1 ? "" : "s") per step"
         )
@@ -164,11 +175,15 @@ struct Trainer {
                 }
             }
             let epochSeconds = (clock.now - epochStart).seconds
-            // Loss and accuracy over all ranks' images; time split as the slowest rank saw it.
+            // Loss and accuracy over all ranks' images; the time split averaged over the ranks; the epoch's
+            // time is the slowest rank's.
             var sums = [totals.loss, Double(totals.correct), Double(totals.images)]
             try comm.allReduceBlocking(&sums, op: .sum)
-            var times = [totals.compute, totals.exposed, totals.communication, epochSeconds]
-            try comm.allReduceBlocking(&times, op: .max)
+            var times = [totals.compute, totals.exposed, totals.communication]
+            try comm.allReduceBlocking(&times, op: .avg)
+            var slowest = [epochSeconds]
+            try comm.allReduceBlocking(&slowest, op: .max)
+            times.append(slowest[0])
             let accuracy = try evaluate(testShard).accuracy
             let images = Double(steps * recipe.globalBatch)
             let line = EpochLine(
