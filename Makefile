@@ -18,7 +18,7 @@ RELEASE    := -c release $(ARCH_FLAGS) $(if $(SWIFT_SCRATCH),--scratch-path $(SW
 BIN         = $(shell $(SWIFT) build $(RELEASE) --show-bin-path)
 TEST_LIMIT ?= 900
 
-.PHONY: all deps build test lab bench bench-train demo compare compare-deps clean
+.PHONY: all deps build test lab bench bench-hetero bench-train demo compare compare-deps clean
 
 all: build
 
@@ -32,12 +32,15 @@ deps:
 build: deps
 	$(SWIFT) build $(RELEASE)
 
-# Unit, transport, launcher and multi-process tests; bounded in time, nothing left running. Then the
-# discovery lab (Tests/lab): hosts made of network namespaces, when root (it says "skipped" otherwise).
+# Unit, transport, launcher and multi-process tests; bounded in time, nothing left running. Then the labs
+# (Tests/lab), hosts made of network namespaces, when root (they say "skipped" otherwise): discovery, and
+# the capacity-aware ring on one 20 Mbit/s link among 100 Mbit/s ones (correctness only: the bench exits
+# non-zero on a wrong or non-identical value; its timings are for `make bench-hetero`).
 test: deps
 	$(SWIFT) build --build-tests
 	timeout --kill-after=30 $(TEST_LIMIT) $(SWIFT) test --skip-build
 	CONCORD_BIN=$$($(SWIFT) build --show-bin-path) timeout --kill-after=30 600 bash Tests/lab/discovery-lab.sh
+	timeout --kill-after=30 300 bash Tests/lab/hetero-lab.sh --timeout 240 -- $$($(SWIFT) build --show-bin-path)/concord-bench hetero -b 256K -e 256K -n 1
 
 # The discovery lab alone, on the release build.
 lab: build
@@ -54,6 +57,11 @@ bench: build
 # classifier data-parallel (concord-train), classify the test set together and print the summary.
 demo: build
 	$(BIN)/concord run -n 4 --discover --world-size 4 --job concord-demo -- $(BIN)/concord-train --evaluate
+
+# Capacity-aware rings on uneven links (root: network namespaces): one host at 20 Mbit/s, three at 100,
+# equal chunks against weighted chunks and weighted + int8 on the slow links, next to the ideal.
+bench-hetero: build
+	$(BIN)/concord-bench hetero -b 1M -e 16M -f 4 -n 3
 
 # Data-parallel scaling of concord-train: images/s for 1, 2 and 4 ranks and every compression, one table.
 bench-train: build

@@ -39,7 +39,7 @@ struct TrainBench: ParsableCommand {
     @Option(help: "Write the rows as JSON to this file.")
     var json: String?
 
-    @Option(parsing: .remaining, help: "Further concord-train arguments (after --).")
+    @Argument(parsing: .postTerminator, help: "Further concord-train arguments, after --.")
     var trainArguments: [String] = []
 
     struct Row: Codable {
