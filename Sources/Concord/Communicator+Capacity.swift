@@ -137,7 +137,16 @@ extension Communicator {
         let incoming = try RingCollectives.probeLink(sequence: sequence, transport: transport)
         sequence += 1
         let gathered = try RingCollectives.agreeOnLinks(incoming: incoming, sequence: sequence, transport: transport)
-        capacity.update(gathered: gathered, sequence: sequence)
+        if capacity.update(gathered: gathered, sequence: sequence), rank == 0, let plan = capacity.plan {
+            // One line per new plan, from rank 0 (the launcher shows it with the rank's stderr).
+            let links = capacity.links.map { String(format: "%.2f", $0.bytesPerSecond / 1e6) }.joined(separator: " ")
+            let shares = plan.chunkWeights.map { String(format: "%.1f%%", $0 * 100) }.joined(separator: " ")
+            let codecs = plan.hopCodecs.map(\.description).joined(separator: " ")
+            FileHandle.standardError.write(
+                Data(
+                    "concord: capacity plan from collective #\(capacity.planSequence): links k→k+1 \(links) MB/s; chunks \(shares); codecs \(codecs)\n"
+                        .utf8))
+        }
     }
 
     /// How the ring adapts to uneven links; set it to the same value on every rank, between collectives

@@ -57,6 +57,14 @@ struct TrainTests {
         #expect(summary.wireBytes * 3 < summary.gradientBytes, "\(summary.wireBytes) of \(summary.gradientBytes)")
     }
 
+    @Test("--balance sizes the local batches from measured speed: they cover the global batch, replicas identical")
+    func balance() throws {
+        let (summary, out) = try Self.train(ranks: 2, Self.small + ["--epochs", "1", "--balance"])
+        #expect(summary.localBatches.reduce(0, +) == 32 && summary.localBatches.allSatisfy { $0 >= 1 })
+        #expect(summary.replicasIdentical)
+        #expect(out.contains("measured images/s per rank"), "\(out)")
+    }
+
     @Test("--save, then --load --epochs 0 --evaluate reproduces the test accuracy with a confusion matrix")
     func saveAndEvaluate() throws {
         let model = FileManager.default.temporaryDirectory.appendingPathComponent("concord-train-\(UUID().uuidString).bin")
