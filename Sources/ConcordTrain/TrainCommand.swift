@@ -111,14 +111,13 @@ struct TrainCommand: ParsableCommand {
         }
     }
 
-    static func parseHidden(_ text: String) -> [Int]? {
-        let values = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
-        guard !values.isEmpty, values.allSatisfy({ $0 != nil && $0! > 0 }) else { return nil }
-        return values.map { $0! }
-    }
+    static func parseHidden(_ text: String) -> [Int]? { positiveList(text, Int.init) }
 
-    static func parseShares(_ text: String) -> [Double]? {
-        let values = text.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
+    static func parseShares(_ text: String) -> [Double]? { positiveList(text, Double.init) }
+
+    /// Comma-separated positive numbers, or nil.
+    private static func positiveList<T: Comparable & Numeric>(_ text: String, _ parse: (String) -> T?) -> [T]? {
+        let values = text.split(separator: ",").map { parse($0.trimmingCharacters(in: .whitespaces)) }
         guard !values.isEmpty, values.allSatisfy({ $0 != nil && $0! > 0 }) else { return nil }
         return values.map { $0! }
     }
