@@ -212,9 +212,13 @@ public final class Communicator: @unchecked Sendable {
 
     /// Blocking `shutdown`.
     public func shutdownBlocking() {
-        let first = stateLock.withLock { () -> Bool in
-            defer { isShutDown = true }
-            return !isShutDown
+        // Under `order`, so no Work can be queued after the close (it would never run): a collective
+        // issued before ends first (or fails within the peer timeout), one issued after fails at once.
+        let first = order.withLock {
+            stateLock.withLock { () -> Bool in
+                defer { isShutDown = true }
+                return !isShutDown
+            }
         }
         guard first else { return }
         loop.submit { [transport] in transport.close() }

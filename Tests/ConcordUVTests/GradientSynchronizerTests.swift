@@ -51,6 +51,30 @@ struct GradientSynchronizerTests {
         #expect(throws: ConcordError.self) { try work.wait() }
     }
 
+    @Test("a Work in flight when its peer leaves and the communicator shuts down ends with an error, never hangs")
+    func workAcrossShutdown() throws {
+        let port = freeTCPPort()
+        let results = withRanks(2, seconds: 60) { rank -> String in
+            let comm = try Self.join(rank, 2, port)
+            if rank == 1 {
+                comm.shutdownBlocking()  // never joins rank 0's collective
+                return "left"
+            }
+            let work = comm.allReduceAsync([Float](repeating: 1, count: 1 << 20))
+            comm.shutdownBlocking()
+            do {
+                _ = try work.wait()
+                return "completed"
+            } catch {
+                return "\(error)"
+            }
+        }
+        let outcome = try results[0].get()
+        #expect(outcome != "completed", "the all-reduce cannot complete without rank 1")
+        #expect(outcome.contains("rank 1") || outcome.contains("shut"), "\(outcome)")
+        #expect((try? results[1].get()) == "left")
+    }
+
     /// Parameter sizes that make odd buckets: empty, one element, sizes not a multiple of anything.
     static let sizes = [7, 1, 30_001, 0, 5, 1_003, 13]
 
