@@ -51,8 +51,9 @@ die() {
 }
 usage() {
     cat <<'EOF'
-usage: hetero-lab.sh [--slow-mbit 20] [--fast-mbit 100] [--ranks 4] [--timeout 600] -- PROGRAM [ARGS...]
+usage: hetero-lab.sh [--slow-mbit 20] [--fast-mbit 100] [--ranks 4] [--timeout 600] [--drift S:K:R] -- PROGRAM [ARGS...]
   --slow-mbit R   rate of host 0's link, both directions, in Mbit/s (default 20)
+  --drift S:K:R   S seconds after the program started, reshape host K's link to R Mbit/s (both directions)
   --fast-mbit R   rate of the other hosts' links, both directions, in Mbit/s (default 100)
   --ranks N       number of hosts = ranks, 1..200 (default 4)
   --timeout S     seconds the whole run may take (default 600); then every rank is killed, exit 124
@@ -70,16 +71,17 @@ fi
 # ---------------------------------------------------------------------------------------------------
 SLOW=20
 FAST=100
+DRIFT="" # SECONDS:HOST:MBIT: that long after the start, reshape the host's link (a device walking away)
 RANKS=4
 TIMEOUT=600
 while (($# > 0)); do
     case $1 in
-    --slow-mbit | --fast-mbit | --ranks | --timeout)
+    --slow-mbit | --fast-mbit | --ranks | --timeout | --drift)
         (($# >= 2)) || die "$1 needs a value"
         opt=$1 val=$2
         shift 2
         ;;
-    --slow-mbit=* | --fast-mbit=* | --ranks=* | --timeout=*)
+    --slow-mbit=* | --fast-mbit=* | --ranks=* | --timeout=* | --drift=*)
         opt=${1%%=*} val=${1#*=}
         shift
         ;;
@@ -109,6 +111,10 @@ while (($# > 0)); do
     --timeout)
         [[ $val =~ ^[0-9]+$ ]] && ((10#$val >= 1)) || die "--timeout $val: wanted a whole number of seconds ≥ 1"
         TIMEOUT=$((10#$val))
+        ;;
+    --drift)
+        [[ $val =~ ^[0-9]+:[0-9]+:[0-9]+(\.[0-9]+)?$ ]] || die "--drift $val: wanted SECONDS:HOST:MBIT, e.g. 20:2:20"
+        DRIFT=$val
         ;;
     esac
 done
@@ -452,6 +458,19 @@ say "running as ranks 0..$((RANKS - 1)) (master $NET.1:$MASTER_PORT, timeout ${r
 
 t0=$SECONDS
 for ((k = 0; k < RANKS; k++)); do start_rank "$k" $((remaining + 5)) "$@"; done
+if [[ -n $DRIFT ]]; then
+    IFS=: read -r drift_after drift_host drift_rate <<<"$DRIFT"
+    ((drift_host < RANKS)) || die "--drift: no host $drift_host"
+    (
+        trap - EXIT INT TERM HUP PIPE
+        sleep "$drift_after"
+        burst=$(burst_of "$drift_rate")
+        tc -n "$LAB-$drift_host" qdisc change dev eth0 root tbf rate "${drift_rate}mbit" burst "$burst" latency "$TBF_LATENCY" &&
+            tc -n "$LAB-br" qdisc change dev "h$drift_host" root tbf rate "${drift_rate}mbit" burst "$burst" latency "$TBF_LATENCY" &&
+            say "drift: host $drift_host's link is now ${drift_rate} Mbit/s (after ${drift_after} s)"
+    ) 2>/dev/null &
+    HELPER_PIDS+=($!)
+fi
 
 declare -A RC=()
 FIRST_FAIL="" # the first rank seen to exit non-zero
