@@ -102,12 +102,11 @@ extension Communicator {
         let capacity = self.capacity
         return issue({ transport, sequence, segment in
             // Chunks sized by link capacity when that is on (the codec stays the caller's on every link).
-            let plan = capacity.plan(forBytes: memory.bytes.count, worldSize: transport.worldSize)
-            try RingCollectives.compressedAllReduce(
-                memory.bytes.bindMemory(to: Float.self), hopCodecs: Array(repeating: codec, count: transport.worldSize),
-                chunkCounts: plan?.chunkCounts(count: memory.count), residual: error?.bytes.bindMemory(to: Float.self),
-                sequence: sequence, transport: transport,
-                segmentBytes: plan.map { CapacityState.segmentBytes(for: $0, default: segment) } ?? segment)
+            try Self.sum(
+                memory.bytes.bindMemory(to: Float.self),
+                plan: capacity.plan(forBytes: memory.bytes.count, worldSize: transport.worldSize), codec: codec,
+                residual: error?.bytes.bindMemory(to: Float.self), sequence: sequence, transport: transport,
+                segmentBytes: segment)
         }) {}
     }
 }

@@ -93,8 +93,9 @@ final class CapacityState: @unchecked Sendable {
         return max(16 << 10, min(segment, Int(slowest / 100)))
     }
 
-    /// Whether the next collective must first measure the links and re-plan.
-    var isDue: Bool {
+    /// Counts a collective about to run; returns whether the links must be measured and the plan re-made
+    /// before it.
+    func startCollective() -> Bool {
         guard policy != .off else { return false }
         if collectivesSincePlan >= replanEvery { return true }
         collectivesSincePlan += 1
@@ -183,11 +184,25 @@ extension Communicator {
     package func sumBlocking(_ buffer: UnsafeMutableBufferPointer<Float>, plan: CapacityPlan) throws {
         let memory = SendableBytes(buffer)
         try performBlocking { transport, sequence, segment in
-            let floats = memory.bytes.bindMemory(to: Float.self)
-            try RingCollectives.compressedAllReduce(
-                floats, hopCodecs: plan.hopCodecs, chunkCounts: plan.chunkCounts(count: floats.count),
-                sequence: sequence, transport: transport,
-                segmentBytes: CapacityState.segmentBytes(for: plan, default: segment))
+            try Self.sum(
+                memory.bytes.bindMemory(to: Float.self), plan: plan, sequence: sequence, transport: transport,
+                segmentBytes: segment)
         }
+    }
+
+    /// The one way every capacity-aware path sums float32 in place: `plan`'s chunks and frame size (equal
+    /// chunks without a plan), and `codec` on every link if given, else the plan's codecs.
+    static func sum(
+        _ floats: UnsafeMutableBufferPointer<Float>, plan: CapacityPlan?, codec: WireCodec? = nil,
+        residual: UnsafeMutableBufferPointer<Float>? = nil, sequence: UInt64, transport: Transport, segmentBytes: Int
+    ) throws {
+        let n = transport.worldSize
+        guard let hopCodecs = codec.map({ Array(repeating: $0, count: n) }) ?? plan?.hopCodecs else {
+            preconditionFailure("a sum needs a plan or a codec")
+        }
+        try RingCollectives.compressedAllReduce(
+            floats, hopCodecs: hopCodecs, chunkCounts: plan?.chunkCounts(count: floats.count), residual: residual,
+            sequence: sequence, transport: transport,
+            segmentBytes: plan.map { CapacityState.segmentBytes(for: $0, default: segmentBytes) } ?? segmentBytes)
     }
 }

@@ -75,10 +75,7 @@ extension Communicator {
                         output.bytes.copyMemory(from: UnsafeRawBufferPointer(input.bytes))
                     }
                     let floats = output.bytes.bindMemory(to: Float.self)
-                    try RingCollectives.compressedAllReduce(
-                        floats, hopCodecs: plan.hopCodecs, chunkCounts: plan.chunkCounts(count: floats.count),
-                        sequence: sequence, transport: transport,
-                        segmentBytes: CapacityState.segmentBytes(for: plan, default: segment))
+                    try Self.sum(floats, plan: plan, sequence: sequence, transport: transport, segmentBytes: segment)
                     if op == .avg, let base = floats.baseAddress {
                         ReduceKernels.scale(base, count: floats.count, dataType: .float32, by: 1 / Double(transport.worldSize))
                     }

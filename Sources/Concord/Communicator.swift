@@ -191,7 +191,7 @@ public final class Communicator: @unchecked Sendable {
     /// already be waiting for this one's frames.
     private func step(_ job: Job, _ segment: Int) throws {
         do {
-            if capacity.isDue { try replan() }
+            if capacity.startCollective() { try replan() }
             sequence += 1
             try job(transport, sequence, segment)
         } catch let error as ConcordError {

@@ -180,46 +180,68 @@ public final class GradientSynchronizer: @unchecked Sendable {
     /// - Throws: the communicator's `ConcordError`; the gradients are then unspecified.
     @discardableResult
     public func finish() throws -> StepReport {
-        precondition(stepOpen, "beginStep before finish")
         defer { stepOpen = false }
+        var tally = try closeStep()
+        for b in buckets.indices {
+            let start = ContinuousClock.now
+            try buckets[b].work!.wait()
+            settle(b, waitedSince: start, &tally)
+        }
+        return report(tally)
+    }
+
+    /// `finish` for async callers: suspends on each bucket's Work (resumed by the communicator's thread;
+    /// no thread of the cooperative pool blocks, none is started).
+    @discardableResult
+    public func finish() async throws -> StepReport {
+        defer { stepOpen = false }
+        var tally = try closeStep()
+        for b in buckets.indices {
+            let start = ContinuousClock.now
+            try await buckets[b].work!.value
+            settle(b, waitedSince: start, &tally)
+        }
+        return report(tally)
+    }
+
+    /// What `finish` adds up while it waits for the buckets in order.
+    private struct Tally {
+        var waited = Duration.zero
+        var busy = Duration.zero
+        var previousEnd: ContinuousClock.Instant?
+    }
+
+    /// Takes every gradient not marked ready as it is and issues the remaining buckets.
+    private func closeStep() throws -> Tally {
+        precondition(stepOpen, "beginStep before finish")
         for b in buckets.indices where readyCount[b] < buckets[b].members.count {
             for i in buckets[b].members where !ready[i] { ready[i] = true }
             readyCount[b] = buckets[b].members.count
         }
         try issueReadyBuckets()
-        let clock = ContinuousClock()
-        var waited = Duration.zero
-        var busy = Duration.zero
-        var previousEnd: ContinuousClock.Instant?
-        for b in buckets.indices {
-            let start = clock.now
-            try buckets[b].work!.wait()
-            let end = clock.now
-            waited += end - start
-            // The service thread started this bucket when it was issued or when the previous one ended.
-            let began = max(buckets[b].issuedAt, previousEnd ?? buckets[b].issuedAt)
-            let ended = max(buckets[b].work!.endedAt ?? end, began)
-            busy += ended - began
-            previousEnd = ended
-            buckets[b].work = nil
-            let copyStart = clock.now
-            unpack(b)
-            copyTime += clock.now - copyStart
-        }
-        let gradientBytes = buckets.reduce(0) { $0 + $1.count } * 4
-        return StepReport(
-            buckets: buckets.count, gradientBytes: gradientBytes,
-            wireBytes: buckets.reduce(0) { $0 + options.compression.codec.encodedByteCount($1.count) },
-            totalWeight: totalWeight, communicationSeconds: busy.seconds, exposedSeconds: waited.seconds,
-            copySeconds: copyTime.seconds)
+        return Tally()
     }
 
-    /// `finish` for async callers: the waiting happens off Swift's cooperative pool.
-    @discardableResult
-    public func finish() async throws -> StepReport {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<StepReport, any Error>) in
-            Thread.detachNewThread { [self] in continuation.resume(with: Result { try finish() }) }
-        }
+    /// Bucket `b` has ended (waited for since `start`): account for its time and unpack it.
+    private func settle(_ b: Int, waitedSince start: ContinuousClock.Instant, _ tally: inout Tally) {
+        let end = ContinuousClock.now
+        tally.waited += end - start
+        // The service thread started this bucket when it was issued or when the previous one ended.
+        let began = max(buckets[b].issuedAt, tally.previousEnd ?? buckets[b].issuedAt)
+        let ended = max(buckets[b].work!.endedAt ?? end, began)
+        tally.busy += ended - began
+        tally.previousEnd = ended
+        buckets[b].work = nil
+        unpack(b)
+        copyTime += ContinuousClock.now - end
+    }
+
+    private func report(_ tally: Tally) -> StepReport {
+        StepReport(
+            buckets: buckets.count, gradientBytes: buckets.reduce(0) { $0 + $1.count } * 4,
+            wireBytes: buckets.reduce(0) { $0 + options.compression.codec.encodedByteCount($1.count) },
+            totalWeight: totalWeight, communicationSeconds: tally.busy.seconds, exposedSeconds: tally.waited.seconds,
+            copySeconds: copyTime.seconds)
     }
 
     // MARK: - Buckets
@@ -314,7 +336,7 @@ public final class GradientSynchronizer: @unchecked Sendable {
 }
 
 extension Duration {
-    var seconds: Double {
+    package var seconds: Double {
         let (s, attoseconds) = components
         return Double(s) + Double(attoseconds) * 1e-18
     }

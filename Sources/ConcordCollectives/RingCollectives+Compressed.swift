@@ -311,8 +311,6 @@ extension RingCollectives {
         let order = schedule.wireOrder(band: chunkCounts == nil ? reduceScatterBand : .max)
         let total = order.count
         let k = plan.segmentsPerChunk
-        let window = receiveWindow
-        let lag = reduceScatterSendLag
         let lastReduceStep = n - 2
         let gather = plan.gatherCodec
         let floatSum = ReduceKernels.reducer(op: .sum, dataType: .float32)
@@ -336,68 +334,39 @@ extension RingCollectives {
             slots.bytes(s, count: part.codec.encodedByteCount(part.elements.count))
         }
 
-        // The pipeline of RingPipeline.run, with encoded segments in slots.
-        var done = [Bool](repeating: false, count: total)
-        var receives = [TransferID]()
-        receives.reserveCapacity(total)
-        var sends = [TransferID]()
-        sends.reserveCapacity(total)
-        var sendsCompleted = 0
-
-        func postReadySends() throws {
-            while sends.count < total {
-                let u = order[sends.count]
-                if u >= k && !done[u - k] { return }
-                let part = plan.send(u)
-                let bytes: UnsafeRawBufferPointer
-                if part.codec.isLossless {
-                    bytes = UnsafeRawBufferPointer(floats(part.elements))
-                } else if schedule.unit(u).phase == .allGather {
-                    assert(sendSlot[u] >= 0, "all-gather unit \(u) has no bytes to forward")
-                    bytes = UnsafeRawBufferPointer(encoded(sendSlot[u], part))  // the owner's or the left's bytes
-                } else {
-                    let s = slots.take()
-                    sendSlot[u] = s
-                    let values = floats(part.elements)
-                    part.codec.encode(UnsafeBufferPointer(values), into: encoded(s, part))
-                    bytes = UnsafeRawBufferPointer(encoded(s, part))
-                    if let residual {
-                        // This partial sum is not read again before the all-gather overwrites it: decode
-                        // the bytes into it to learn what the hop dropped.
-                        keepError(residual, part.elements, values) {
-                            part.codec.decode(from: UnsafeRawBufferPointer(encoded(s, part)), into: values)
-                        }
-                    }
-                }
-                sends.append(try transport.send(to: plan.right, tag: tag(part), from: bytes))
+        func send(_ u: Int) -> (tag: SegmentTag, bytes: UnsafeRawBufferPointer) {
+            let part = plan.send(u)
+            if part.codec.isLossless { return (tag(part), UnsafeRawBufferPointer(floats(part.elements))) }
+            if schedule.unit(u).phase == .allGather {
+                assert(sendSlot[u] >= 0, "all-gather unit \(u) has no bytes to forward")
+                return (tag(part), UnsafeRawBufferPointer(encoded(sendSlot[u], part)))  // the owner's or the left's
             }
+            let s = slots.take()
+            sendSlot[u] = s
+            let values = floats(part.elements)
+            part.codec.encode(UnsafeBufferPointer(values), into: encoded(s, part))
+            if let residual {
+                // This partial sum is not read again before the all-gather overwrites it: decode the bytes
+                // into it to learn what the hop dropped.
+                keepError(residual, part.elements, values) {
+                    part.codec.decode(from: UnsafeRawBufferPointer(encoded(s, part)), into: values)
+                }
+            }
+            return (tag(part), UnsafeRawBufferPointer(encoded(s, part)))
         }
         func sent(_ u: Int) {
             if sendSlot[u] >= 0 { slots.release(sendSlot[u]) }
             sendSlot[u] = -1
         }
-        func postReceives(through limit: Int) throws {
-            while receives.count < min(limit, total) {
-                let p = receives.count
-                while sendsCompleted <= p - lag {
-                    try transport.wait(sends[sendsCompleted])
-                    sent(order[sendsCompleted])
-                    sendsCompleted += 1
-                }
-                let u = order[p]
-                let part = plan.receive(u)
-                let target: UnsafeMutableRawBufferPointer
-                var reducer: Reducer? = nil
-                if part.codec.isLossless {
-                    target = UnsafeMutableRawBufferPointer(floats(part.elements))
-                    if schedule.unit(u).phase == .reduceScatter { reducer = floatSum }
-                } else {
-                    let s = slots.take()
-                    receiveSlot[u] = s
-                    target = encoded(s, part)
-                }
-                receives.append(try transport.receive(from: plan.left, tag: tag(part), into: target, reducer: reducer))
+        func receive(_ u: Int) -> (tag: SegmentTag, bytes: UnsafeMutableRawBufferPointer, reducer: Reducer?) {
+            let part = plan.receive(u)
+            if part.codec.isLossless {
+                let reducer = schedule.unit(u).phase == .reduceScatter ? floatSum : nil
+                return (tag(part), UnsafeMutableRawBufferPointer(floats(part.elements)), reducer)
             }
+            let s = slots.take()
+            receiveSlot[u] = s
+            return (tag(part), encoded(s, part), nil)
         }
         func received(_ u: Int) {
             let unit = schedule.unit(u)
@@ -430,17 +399,12 @@ extension RingCollectives {
             receiveSlot[u] = -1
         }
 
-        try postReadySends()
-        try postReceives(through: window)
-        for p in 0..<total {
-            try transport.wait(receives[p])
-            let u = order[p]
-            received(u)
-            done[u] = true
-            try postReadySends()
-            try postReceives(through: p + 1 + window)
-        }
-        try transport.waitAll()
+        // RingPipeline's loop, with encoded segments in slots; the send lag bounds how many wait.
+        var pipeline = RingPipeline(
+            plan: schedule, order: order, transport: transport, kind: .compressedAllReduce, sequence: sequence,
+            dataType: .float32, op: .sum, count: buffer.count)
+        pipeline.sendLag = reduceScatterSendLag
+        try pipeline.run(taggedReceive: receive, received: received, taggedSend: send, sent: sent)
     }
 
     /// Throws the same `invalidArgument` on every rank for arguments that cannot work.

@@ -51,6 +51,22 @@ struct RingPipeline {
         send: (_ unit: Int) -> UnsafeRawBufferPointer,
         sent: (_ unit: Int) -> Void = { _ in }
     ) throws {
+        try run(
+            taggedReceive: { u in
+                let target = receive(u)
+                return (tag(plan.unit(u).receive), target.bytes, target.reducer)
+            },
+            received: received, taggedSend: { u in (tag(plan.unit(u).send), send(u)) }, sent: sent)
+    }
+
+    /// `run` for collectives whose frames are not described by `tag(_:)` (each unit names its own tag:
+    /// the compressed ring, whose units differ in codec and encoded length).
+    func run(
+        taggedReceive receive: (_ unit: Int) -> (tag: SegmentTag, bytes: UnsafeMutableRawBufferPointer, reducer: Reducer?),
+        received: (_ unit: Int) -> Void,
+        taggedSend send: (_ unit: Int) -> (tag: SegmentTag, bytes: UnsafeRawBufferPointer),
+        sent: (_ unit: Int) -> Void
+    ) throws {
         let total = order.count
         let k = plan.segmentsPerChunk
         let window = RingCollectives.receiveWindow
@@ -66,7 +82,8 @@ struct RingPipeline {
             while sends.count < total {
                 let u = order[sends.count]
                 if u >= k && !done[u - k] { return }
-                sends.append(try transport.send(to: plan.right, tag: tag(plan.unit(u).send), from: send(u)))
+                let frame = send(u)
+                sends.append(try transport.send(to: plan.right, tag: frame.tag, from: frame.bytes))
             }
         }
         func postReceives(through limit: Int) throws {
@@ -83,8 +100,7 @@ struct RingPipeline {
                 let u = order[p]
                 let target = receive(u)
                 receives.append(
-                    try transport.receive(
-                        from: plan.left, tag: tag(plan.unit(u).receive), into: target.bytes, reducer: target.reducer))
+                    try transport.receive(from: plan.left, tag: target.tag, into: target.bytes, reducer: target.reducer))
             }
         }
 

@@ -141,9 +141,6 @@ struct TrainCommand: ParsableCommand {
         do {
             var trainer = try Trainer(options: self, communicator: communicator)
             try trainer.run()
-        } catch let error as TrainerError {
-            FileHandle.standardError.write(Data("concord-train rank \(communicator.rank): \(error)\n".utf8))
-            throw ExitCode(1)
         } catch {
             FileHandle.standardError.write(Data("concord-train rank \(communicator.rank): \(error)\n".utf8))
             throw ExitCode(1)

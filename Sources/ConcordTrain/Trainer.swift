@@ -310,10 +310,3 @@ struct EpochTotals {
         communication += report.communicationSeconds
     }
 }
-
-extension Duration {
-    var seconds: Double {
-        let (s, attoseconds) = components
-        return Double(s) + Double(attoseconds) * 1e-18
-    }
-}

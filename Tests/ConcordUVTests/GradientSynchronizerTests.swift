@@ -176,6 +176,38 @@ struct GradientSynchronizerTests {
         #expect(worst > 0, "\(compression) changed nothing: is it on the wire?")
     }
 
+    @Test("async finish: ranks as tasks, the weighted average on every rank, no thread of the pool blocked")
+    func asyncFinish() async throws {
+        let port = freeTCPPort()
+        let weights: [Double] = [2, 6]
+        let sums = try await withThrowingTaskGroup(of: (Int, [Float]).self) { group in
+            for rank in 0..<2 {
+                group.addTask {
+                    let comm = try await Communicator(
+                        configuration: CommunicatorTests.configuration(rank: rank, worldSize: 2, port: port))
+                    let gradient = UnsafeMutableBufferPointer<Float>.allocate(capacity: 1000)
+                    defer { gradient.deallocate() }
+                    let sync = GradientSynchronizer(communicator: comm)
+                    sync.register(gradient)
+                    sync.beginStep(weight: weights[rank])
+                    for i in gradient.indices { gradient[i] = Self.gradient(rank: rank, parameter: 0, index: i) }
+                    try sync.markReady(0)
+                    try await sync.finish()
+                    await comm.shutdown()
+                    return (rank, Array(gradient))
+                }
+            }
+            var sums = [[Float]](repeating: [], count: 2)
+            for try await (rank, values) in group { sums[rank] = values }
+            return sums
+        }
+        #expect(sums[0] == sums[1], "replicas differ")
+        let worst = (0..<1000).map {
+            abs(Double(sums[0][$0]) - Self.weightedAverage(weights: weights, parameter: 0, index: $0))
+        }.max()!
+        #expect(worst <= 8e-6, "largest error \(worst)")
+    }
+
     @Test("int8 error feedback: the mean of many steps converges to the exact average")
     func errorFeedback() throws {
         let weights: [Double] = [1, 1]
