@@ -53,12 +53,6 @@ public final class Communicator: @unchecked Sendable {
     }
     private var _segmentBytes = RingCollectives.defaultSegmentBytes
 
-    /// Bytes a reducing receive reads at a time before combining them (a tuning knob; see docs/algorithms.md).
-    package var reduceChunkBytes: Int {
-        get { loop.drive { transport.reduceChunkBytes } }
-        set { loop.drive { transport.reduceChunkBytes = newValue } }
-    }
-
     /// Joins the group described by the environment (see `Configuration(environment:)`).
     /// - Throws: `ConcordError` when the environment is malformed or the join fails (the message names
     ///   this rank and what to do).
@@ -116,6 +110,7 @@ public final class Communicator: @unchecked Sendable {
         options.listenPort = configuration.listenPort
         options.medium = configuration.linkMedium
         options.spinMicroseconds = configuration.spinMicroseconds
+        if let bytes = configuration.receiveBufferBytes { options.receiveBufferBytes = bytes }
         options.authenticator = try JobAuthenticator(configuration)
         if let node = configuration.node { options.node = node }
         let transport = try UVTransport(loop: loop, options: options)

@@ -25,6 +25,9 @@ public struct Configuration: Sendable {
     /// Microseconds a rank waiting for a small transfer polls before it sleeps (`CONCORD_SPIN_US`,
     /// default 50; 0 never spins). Spinning saves a thread wake-up per ring step.
     public var spinMicroseconds = Configuration.defaultSpinMicroseconds
+    /// Bytes of every TCP link's receive buffer (`CONCORD_SOCKET_BUFFER`; 0: the kernel's autotuning).
+    /// nil, the default: 4 MiB where `net.core.rmem_max` allows it, else autotuning (docs/algorithms.md).
+    public var receiveBufferBytes: Int?
 
     /// Whether large float32 sums size ring chunks by measured link capacity, and compress on slow links
     /// (`CONCORD_CAPACITY`: off, the default; weighted; or fp16, bf16, int8 for weighted chunks with that
@@ -181,6 +184,13 @@ public struct Configuration: Sendable {
                 throw ConcordError.invalidConfiguration("CONCORD_SPIN_US=\(spin) must be in 0...1000000 microseconds")
             }
             spinMicroseconds = spin
+        }
+        if let bytes = try integer("CONCORD_SOCKET_BUFFER") {
+            guard (0...(1 << 30)).contains(bytes) else {
+                throw ConcordError.invalidConfiguration(
+                    "CONCORD_SOCKET_BUFFER=\(bytes) must be 0 (autotuning) or a size in bytes up to 1 GiB")
+            }
+            receiveBufferBytes = bytes
         }
     }
 }

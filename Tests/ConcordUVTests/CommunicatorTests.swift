@@ -142,6 +142,61 @@ struct CommunicatorTests {
         }
     }
 
+    @Test(
+        "frames that come before their receives are kept (64 KiB at most, then the reader parks) and delivered in order"
+    )
+    func earlyFrames() {
+        let port = freeTCPPort()
+        let results = withRanks(2, seconds: 60) { rank -> [Float] in
+            let comm = try Communicator(
+                blockingConfiguration: Self.configuration(rank: rank, worldSize: 2, port: port, medium: .tcp))
+            defer { comm.shutdownBlocking() }
+            comm.segmentBytes = 1024
+            // Rank 0 sends its first-step frames of 1 KiB while rank 1 is still asleep: the first 64 KiB
+            // wait as early frames, then rank 1's reader parks; then small all-reduces whose frames also
+            // arrive before rank 1 posts their receives.
+            var data = (0..<65_536).map { distinctValue(rank: rank, index: $0) }
+            if rank == 1 { Thread.sleep(forTimeInterval: 0.3) }
+            try comm.allReduceBlocking(&data)
+            var sums: [Float] = []
+            for step in 0..<20 {
+                if rank == 1 && step % 5 == 0 { Thread.sleep(forTimeInterval: 0.02) }
+                var small = [Float](repeating: Float(rank + step), count: 3 + step)
+                try comm.allReduceBlocking(&small)
+                #expect(small == [Float](repeating: Float(1 + 2 * step), count: 3 + step))
+                sums.append(small[0])
+            }
+            return data + sums
+        }
+        let expected = (0..<65_536).map { distinctSum(worldSize: 2, index: $0) } + (0..<20).map { Float(1 + 2 * $0) }
+        for result in results {
+            #expect((try? result.get()) == expected, "\(result)")
+        }
+    }
+
+    @Test("a count mismatch found in a frame that came before its receive fails both ranks, naming both")
+    func earlyFrameMismatch() {
+        let port = freeTCPPort()
+        let results = withRanks(2, seconds: 60) { rank -> String in
+            let comm = try Communicator(
+                blockingConfiguration: Self.configuration(rank: rank, worldSize: 2, port: port, medium: .tcp))
+            defer { comm.shutdownBlocking() }
+            var data = [Float](repeating: 1, count: rank == 0 ? 10 : 11)
+            if rank == 1 { Thread.sleep(forTimeInterval: 0.2) }
+            do {
+                try comm.allReduceBlocking(&data)
+                return "no error"
+            } catch {
+                return "\(error)"
+            }
+        }
+        for (rank, result) in results.enumerated() {
+            let text = (try? result.get()) ?? "\(result)"
+            #expect(text.contains("rank \(rank)") && text.contains("rank \(1 - rank)"), "\(text)")
+            #expect(text.contains("10") && text.contains("11"), "\(text)")
+        }
+    }
+
     @Test("CONCORD_TRANSPORT=shm with a neighbour on another machine is refused with advice; auto falls back to TCP")
     func sharedMemoryAcrossMachines() {
         for medium in [LinkMedium.shm, .auto] {

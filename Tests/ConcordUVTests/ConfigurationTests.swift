@@ -1,4 +1,5 @@
 import Concord
+import ConcordUV
 import Testing
 
 @Suite("Environment contract")
@@ -38,14 +39,26 @@ struct ConfigurationTests {
         #expect(alone.rank == 0 && alone.worldSize == 1)
     }
 
-    @Test("the transport, spin and node knobs: defaults and values")
+    @Test("the transport, spin, socket buffer and node knobs: defaults and values")
     func knobs() throws {
         let defaults = try Configuration(environment: [:])
         #expect(defaults.linkMedium == .auto && defaults.spinMicroseconds == 50 && defaults.node == nil)
+        #expect(defaults.receiveBufferBytes == nil)
         let set = try Configuration(environment: [
             "CONCORD_TRANSPORT": "SHM", "CONCORD_SPIN_US": "0", "CONCORD_NODE": "rack1-box3",
+            "CONCORD_SOCKET_BUFFER": "0",
         ])
         #expect(set.linkMedium == .shm && set.spinMicroseconds == 0 && set.node == "rack1-box3")
+        #expect(set.receiveBufferBytes == 0)
+        let fixed = try Configuration(environment: ["CONCORD_SOCKET_BUFFER": "1048576"])
+        #expect(fixed.receiveBufferBytes == 1 << 20)
+    }
+
+    @Test("the default receive buffer is 4 MiB only where net.core.rmem_max allows it")
+    func defaultReceiveBuffer() throws {
+        let text = try String(contentsOfFile: "/proc/sys/net/core/rmem_max", encoding: .utf8)
+        let most = try #require(Int(text.trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(UVTransport.defaultReceiveBufferBytes == (most >= 4 << 20 ? 4 << 20 : 0))
     }
 
     @Test("malformed values are refused with the variable named")
@@ -60,6 +73,8 @@ struct ConfigurationTests {
             (["CONCORD_TRANSPORT": "rdma"], "CONCORD_TRANSPORT=rdma is not one of tcp, shm, auto"),
             (["CONCORD_SPIN_US": "-5"], "CONCORD_SPIN_US"),
             (["CONCORD_SPIN_US": "fast"], "CONCORD_SPIN_US"),
+            (["CONCORD_SOCKET_BUFFER": "-1"], "CONCORD_SOCKET_BUFFER"),
+            (["CONCORD_SOCKET_BUFFER": "4M"], "CONCORD_SOCKET_BUFFER"),
         ]
         for (environment, expected) in cases {
             do {
