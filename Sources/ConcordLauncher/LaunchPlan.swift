@@ -31,6 +31,8 @@ struct LaunchPlan {
     /// With `--discover`: the rank the group agreed for each process this launcher starts, and its
     /// variables (nil: ranks 0..<worldSize, all on this host).
     var discovered: [(rank: Int, environment: [(name: String, value: String)])]?
+    /// The CPUs each process is bound to, by process index (nil: not bound; see CPUBinding.swift).
+    var cpuSlices: [[Int]]?
 
     /// How many processes this launcher starts.
     var processCount: Int { discovered?.count ?? worldSize }

@@ -111,9 +111,11 @@ struct RankProcess {
         let argv = CStringArray(plan.arguments.map { strdup($0) })
         let envp = CStringArray(environment(for: plan, rank: rank))
         var pid: pid_t = 0
-        let result = argv.withPointer { argvPointer in
-            envp.withPointer { envpPointer in
-                posix_spawn(&pid, plan.executable.path, &actions, &attributes, argvPointer, envpPointer)
+        let result = CPUBinding.withCPUs(plan.cpuSlices?[rank]) {
+            argv.withPointer { argvPointer in
+                envp.withPointer { envpPointer in
+                    posix_spawn(&pid, plan.executable.path, &actions, &attributes, argvPointer, envpPointer)
+                }
             }
         }
         try check("posix_spawn", result)

@@ -66,6 +66,13 @@ struct RunCommand: ParsableCommand {
     @Option(help: ArgumentHelp("With --discover: seconds to wait for the group.", valueName: "seconds"))
     var discoveryTimeout: Double = 60
 
+    @Option(
+        help: ArgumentHelp(
+            "auto: when this host runs 2 or more ranks and has a CPU for each, bind each rank to its own equal "
+                + "share of the CPUs (as mpirun does); none: leave placement to the scheduler.",
+            valueName: "auto|none"))
+    var bind: CPUBinding = .auto
+
     private var ranks: Int { ranksOption ?? 1 }
 
     private var staticPeers: [String] {
@@ -196,6 +203,9 @@ struct RunCommand: ParsableCommand {
             } catch {
                 Self.fail("\(error)", exitCode: 1)
             }
+        }
+        if bind == .auto {
+            plan.cpuSlices = CPUBinding.slices(processes: plan.processCount, cpus: CPUBinding.allowedCPUs())
         }
         let exitCode: Int32
         do throws(SystemError) {

@@ -91,6 +91,16 @@ final class LaunchedConcord {
 
 }
 
+/// The CPUs of a list such as "0-3,6".
+func cpuList(_ text: String) -> Set<Int> {
+    var cpus = Set<Int>()
+    for part in text.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",") {
+        let ends = part.split(separator: "-").compactMap { Int($0) }
+        if let first = ends.first { cpus.formUnion(first...(ends.last ?? first)) }
+    }
+    return cpus
+}
+
 /// Runs `concord arguments...` to completion (or its deadline).
 func runConcord(_ arguments: [String], environment: [String: String] = [:]) async throws
     -> LaunchedConcord.Outcome
@@ -150,7 +160,7 @@ struct LauncherTests {
         let result = try await runConcord(["run", "--help"])
         #expect(result.exitStatus == 0)
         for phrase in [
-            "-n", "--master-addr", "--master-port", "--grace",
+            "-n", "--master-addr", "--master-port", "--grace", "--bind <auto|none>",
             "CONCORD_RANK", "CONCORD_WORLD_SIZE", "CONCORD_LOCAL_RANK", "CONCORD_LOCAL_WORLD_SIZE",
             "CONCORD_MASTER_ADDR", "CONCORD_MASTER_PORT", "127.0.0.1",
             "[rank k]", "SIGTERM", "SIGKILL", "SIGINT", "process group", "EXIT STATUS", "128+k",
@@ -185,6 +195,39 @@ struct LauncherTests {
         #expect(ports.count == 1, "ranks got different ports: \(result.stderr)")
         #expect(ports.first.flatMap { Int($0) }.map { (1...65535).contains($0) } == true)
         #expect(result.stderrLines.filter { $0.contains(" port ") }.count == 3)
+    }
+
+    @Test("--bind auto gives each of K ranks its own share of the CPUs when there is a CPU for each; none and -n 1 leave them")
+    func cpuBinding() async throws {
+        /// Each rank's allowed CPUs, by its prefix.
+        func allowed(_ arguments: [String]) async throws -> [String: Set<Int>] {
+            let result = try await runConcord(
+                ["run"] + arguments + ["--", "sh", "-c", "grep Cpus_allowed_list /proc/self/status"])
+            #expect(result.exitStatus == 0, "\(result.stderr)")
+            var sets: [String: Set<Int>] = [:]
+            for line in result.stdoutLines {
+                let parts = line.split(separator: "\t")
+                sets[String(line.prefix { $0 != "]" })] = cpuList(String(parts.last ?? ""))
+            }
+            return sets
+        }
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let mine = cpuList(String(status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list") }!
+            .split(separator: "\t").last!))
+        let two = try await allowed(["-n", "2"])
+        #expect(two.count == 2)
+        if mine.count >= 2 {
+            let (a, b) = (two["[rank 0"] ?? [], two["[rank 1"] ?? [])
+            #expect(!a.isEmpty && !b.isEmpty && a.isDisjoint(with: b) && a.union(b) == mine, "\(two)")
+            #expect(a.count == mine.count / 2, "\(two)")
+        } else {
+            #expect(two.values.allSatisfy { $0 == mine }, "\(two)")
+        }
+        let unbound = try await allowed(["-n", "2", "--bind", "none"])
+        #expect(unbound.values.allSatisfy { $0 == mine } && unbound.count == 2, "\(unbound)")
+        #expect(try await allowed(["-n", "1"]) == ["[rank 0": mine])
+        let over = try await allowed(["-n", "\(mine.count + 1)"])
+        #expect(over.values.allSatisfy { $0 == mine } && over.count == mine.count + 1, "\(over)")
     }
 
     @Test("every rank's stderr lines are prefixed and go to concord's stderr")

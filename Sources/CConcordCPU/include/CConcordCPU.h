@@ -127,6 +127,11 @@ void concord_bf16_scale_avx512(void *buffer, size_t count, float factor);
 /// float32 → bfloat16 for `count` values, rounding to nearest even; `destination` may equal `source`.
 void concord_bf16_from_float32_avx512(const void *source, void *destination, size_t count);
 
+/// The calling thread's CPU mask (`bytes` bytes, one bit per CPU) into `mask`: 0, or -1 with errno set.
+int concord_thread_affinity_get(unsigned char *mask, unsigned long bytes);
+/// Binds the calling thread to the CPUs set in `mask`: 0, or -1 with errno set.
+int concord_thread_affinity_set(const unsigned char *mask, unsigned long bytes);
+
 #ifdef __cplusplus
 }
 #endif
