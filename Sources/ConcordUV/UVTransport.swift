@@ -96,10 +96,15 @@ public final class UVTransport: Transport, @unchecked Sendable {
     /// Microseconds a wait for a small transfer polls before sleeping (see `EventLoop.run(until:)`);
     /// at least 1000 with yields when ranks outnumber cores on this machine.
     public private(set) var spinMicroseconds = 0
-    /// TCP transfers of at most this many bytes are waited for with a spin; larger ones sleep at once
-    /// (their bytes keep coming anyway, and a spinning rank takes the CPU the kernel needs to copy them).
-    /// Shared-memory transfers always spin: there the ranks themselves move the bytes, and a spinning
-    /// rank notices its peer's progress without the wake-up a doorbell costs.
+    /// Microseconds a wait for a larger TCP transfer (above `spinLimitBytes`) polls before sleeping: 1000
+    /// when every rank on this machine has a core (a sleep between two pieces of a large frame costs a
+    /// wake-up, and the spinner takes no one's CPU), 0 when ranks outnumber cores (a spinning rank would
+    /// take the CPU the kernel needs to copy the bytes for the rank it waits for), 0 with spinning off.
+    public private(set) var largeSpinMicroseconds = 0
+    /// TCP transfers of at most this many bytes spin for `spinMicroseconds`, larger ones for
+    /// `largeSpinMicroseconds`. Shared-memory transfers always spin for `spinMicroseconds`: there the
+    /// ranks themselves move the bytes, and a spinning rank notices its peer's progress without the
+    /// wake-up a doorbell costs.
     public var spinLimitBytes = 256 << 10
     /// The first failure; once set, every call throws it.
     public private(set) var failure: ConcordError?
@@ -126,6 +131,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
         loop.yieldWhileSpinning = oversubscribed
         spinMicroseconds = options.spinMicroseconds
         if oversubscribed && spinMicroseconds > 0 { spinMicroseconds = max(spinMicroseconds, 1000) }
+        largeSpinMicroseconds = oversubscribed || spinMicroseconds == 0 ? 0 : max(spinMicroseconds, 1000)
     }
 
     /// The receive buffer links get unless told otherwise: 4 MiB where the system allows a buffer that
@@ -404,8 +410,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
     public func wait(_ transfer: TransferID) throws {
         try checkUsable()
         let entry = outstanding.first { $0.id == transfer.raw }
-        let spins = entry.map { $0.shared || $0.bytes <= spinLimitBytes } ?? true
-        loop.spinMicroseconds = spins ? spinMicroseconds : 0
+        let small = entry.map { $0.shared || $0.bytes <= spinLimitBytes } ?? true
+        loop.spinMicroseconds = small ? spinMicroseconds : largeSpinMicroseconds
         // Bounded: the tick fails a silent link after the peer timeout, which ends this wait.
         loop.run(
             until: {
