@@ -481,14 +481,8 @@ final class PeerLink {
         let payload = earlyPayload
         earlyPayload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         if receiveHead < receives.count {
-            let receive = receives[receiveHead]
-            receiveHead += 1
-            if receiveHead == receives.count {
-                receives.removeAll(keepingCapacity: true)
-                receiveHead = 0
-            }
             earlyBytes -= payload.count
-            deliver(early: header, payload: payload, to: receive)
+            deliver(early: header, payload: payload, to: takeReceive())
         } else {
             earlyFrames.append((header, payload))
         }
@@ -529,13 +523,18 @@ final class PeerLink {
     }
 
     private func completeReceive() {
-        let id = receives[receiveHead].id
+        delegate?.transferCompleted(takeReceive().id)
+    }
+
+    /// Takes the oldest posted receive off the queue.
+    private func takeReceive() -> PostedReceive {
+        let receive = receives[receiveHead]
         receiveHead += 1
         if receiveHead == receives.count {
             receives.removeAll(keepingCapacity: true)
             receiveHead = 0
         }
-        delegate?.transferCompleted(id)
+        return receive
     }
 
     // MARK: - Writing

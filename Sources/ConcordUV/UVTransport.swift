@@ -98,7 +98,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
     public private(set) var spinMicroseconds = 0
     /// Microseconds a wait for a larger TCP transfer (above `spinLimitBytes`) polls before sleeping: 1000
     /// when every rank on this machine has a core (a sleep between two pieces of a large frame costs a
-    /// wake-up, and the spinner takes no one's CPU), 0 when ranks outnumber cores (a spinning rank would
+    /// wake-up), yielding between polls so that the rank's own other threads (a training step computing
+    /// while an async all-reduce runs) keep the CPU; 0 when ranks outnumber cores (a spinning rank would
     /// take the CPU the kernel needs to copy the bytes for the rank it waits for), 0 with spinning off.
     public private(set) var largeSpinMicroseconds = 0
     /// TCP transfers of at most this many bytes spin for `spinMicroseconds`, larger ones for
@@ -106,6 +107,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
     /// ranks themselves move the bytes, and a spinning rank notices its peer's progress without the
     /// wake-up a doorbell costs.
     public var spinLimitBytes = 256 << 10
+    /// Whether the ranks on this machine outnumber its cores.
+    private var oversubscribed = false
     /// The first failure; once set, every call throws it.
     public private(set) var failure: ConcordError?
     private var isClosed = false
@@ -127,8 +130,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
     /// rank takes the core the rank it waits for needs, so it yields between polls (and may spin longer:
     /// a yield costs little when nobody else is runnable).
     private func configureSpinning() {
-        let oversubscribed = ranksOnThisNode > ProcessInfo.processInfo.activeProcessorCount
-        loop.yieldWhileSpinning = oversubscribed
+        oversubscribed = ranksOnThisNode > ProcessInfo.processInfo.activeProcessorCount
         spinMicroseconds = options.spinMicroseconds
         if oversubscribed && spinMicroseconds > 0 { spinMicroseconds = max(spinMicroseconds, 1000) }
         largeSpinMicroseconds = oversubscribed || spinMicroseconds == 0 ? 0 : max(spinMicroseconds, 1000)
@@ -139,7 +141,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
     ///
     /// Why fixed: autotuning starts at 128 KiB and grows by what it sees in the first round trips. When a
     /// job's first collectives move 1 MiB frames both ways, it settled on buffers that left the 1 MiB
-    /// all-reduce at N = 2 at 540-900 µs instead of 350-450 µs for the rest of the run (measured over
+    /// all-reduce at N = 2 at 540-1800 µs instead of 340-450 µs for the rest of the run (measured over
     /// many runs; 4 MiB from the start removes the slow runs and costs nothing measurable at other sizes).
     public static let defaultReceiveBufferBytes: Int = {
         let wanted = 4 << 20
@@ -412,6 +414,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
         let entry = outstanding.first { $0.id == transfer.raw }
         let small = entry.map { $0.shared || $0.bytes <= spinLimitBytes } ?? true
         loop.spinMicroseconds = small ? spinMicroseconds : largeSpinMicroseconds
+        loop.yieldWhileSpinning = oversubscribed || !small
         // Bounded: the tick fails a silent link after the peer timeout, which ends this wait.
         loop.run(
             until: {
