@@ -69,7 +69,7 @@ bench-train: build
 
 # Concord next to Gloo and Open MPI on this machine: installs them when missing, builds the baselines in
 # Benchmarks/Baselines, runs everything interleaved ROUNDS times and prints one table per N; the JSON,
-# tables, SVG plot and logs go to COMPARE_OUT. Not part of `make test` (about 10 minutes at ROUNDS=3).
+# tables, SVG plot and logs go to COMPARE_OUT. Not part of `make test` (about 3 minutes at ROUNDS=3).
 ROUNDS        ?= 3
 COMPARE_OUT   ?= compare-results
 BASELINES     := Benchmarks/Baselines
