@@ -90,7 +90,7 @@ struct FrameHeader: Equatable {
     var tag: SegmentTag? {
         guard let c = CollectiveKind(rawValue: collective), let d = DataType(rawValue: dataType),
             let o = ReduceOp(rawValue: op), payloadLength % UInt64(d.size) == 0,
-            count <= UInt64(Int.max), offset <= UInt64(Int.max)
+            count <= UInt64(Int.max), offset <= UInt64(Int.max), payloadLength <= UInt64(Int.max)
         else { return nil }
         return SegmentTag(
             collective: c, sequence: sequence, dataType: d, op: o, count: Int(count), offset: Int(offset),

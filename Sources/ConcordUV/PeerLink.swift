@@ -443,7 +443,7 @@ final class PeerLink {
             }
             if receiveHead < receives.count {
                 begin(data: header)
-            } else if earlyBytes + Int(header.payloadLength) <= Self.earlyFrameBytes {
+            } else if Int(header.payloadLength) <= Self.earlyFrameBytes - earlyBytes {
                 earlyBytes += Int(header.payloadLength)
                 earlyPayload = .allocate(byteCount: Int(header.payloadLength), alignment: 64)
                 if header.payloadLength == 0 {

@@ -58,7 +58,7 @@ struct FrameHeaderTests {
         }
     }
 
-    @Test("a data header whose codes this build does not know has no tag")
+    @Test("a data header whose codes this build does not know, or whose length is absurd, has no tag")
     func unknownCodes() throws {
         var header = FrameHeader(
             data: SegmentTag(
@@ -69,5 +69,10 @@ struct FrameHeaderTests {
         header.dataType = DataType.float32.rawValue
         header.payloadLength = 6
         #expect(header.tag == nil, "a length that is not whole elements")
+        header.dataType = DataType.int8.rawValue
+        header.payloadLength = UInt64.max - 7
+        #expect(header.tag == nil, "a length beyond Int.max bytes (no trap)")
+        header.payloadLength = 16
+        #expect(header.tag?.length == 16)
     }
 }
