@@ -92,15 +92,18 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private var completed = Set<Int>()
     /// Posted transfers not yet waited for, with their payload bytes and whether they go through shared
     /// memory, in posting order.
-    private var outstanding: [(id: Int, bytes: Int, shared: Bool)] = []
+    private var outstanding: [(id: Int, bytes: Int, shared: Bool, local: Bool)] = []
     /// Microseconds a wait for a small transfer polls before sleeping (see `EventLoop.run(until:)`);
     /// at least 1000 with yields when ranks outnumber cores on this machine.
     public private(set) var spinMicroseconds = 0
-    /// Microseconds a wait for a larger TCP transfer (above `spinLimitBytes`) polls before sleeping: 1000
-    /// when every rank on this machine has a core (a sleep between two pieces of a large frame costs a
-    /// wake-up), yielding between polls so that the rank's own other threads (a training step computing
-    /// while an async all-reduce runs) keep the CPU; 0 when ranks outnumber cores (a spinning rank would
-    /// take the CPU the kernel needs to copy the bytes for the rank it waits for), 0 with spinning off.
+    /// Microseconds a wait for a larger TCP transfer (above `spinLimitBytes`) with a peer on this machine
+    /// polls before sleeping: 1000 when every rank on this machine has a core (the peer produces the bytes
+    /// at memory speed, and a sleep between two pieces of a large frame costs a wake-up), yielding between
+    /// polls so that the rank's own other threads (a training step computing while an async all-reduce
+    /// runs) keep the CPU; 0 when ranks outnumber cores (a spinning rank would take the CPU the kernel
+    /// needs to copy the bytes for the rank it waits for), 0 with spinning off. Large transfers with a
+    /// peer on another machine never spin: there the network paces the bytes, a 1 ms spin after every
+    /// piece would never end, and the CPU would burn for the whole transfer.
     public private(set) var largeSpinMicroseconds = 0
     /// TCP transfers of at most this many bytes spin for `spinMicroseconds`, larger ones for
     /// `largeSpinMicroseconds`. Shared-memory transfers always spin for `spinMicroseconds`: there the
@@ -370,7 +373,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
         try checkUsable()
         let link = link(sendingTo: peer)
         if let departed = link.failure { fail(departed) }
-        let id = newTransfer(bytes: bytes.count, shared: usesSharedMemory(sendingTo: peer))
+        let id = newTransfer(bytes: bytes.count, peer: peer, shared: usesSharedMemory(sendingTo: peer))
         if let sharedOut, usesSharedMemory(sendingTo: peer) {
             do {
                 try sharedOut.send(FrameHeader(data: tag, sender: rank), payload: bytes, transfer: id)
@@ -393,7 +396,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
         if let departed = link.failure, !(link.peerSaidBye && usesSharedMemory(receivingFrom: peer)) {
             fail(departed)
         }
-        let id = newTransfer(bytes: bytes.count, shared: usesSharedMemory(receivingFrom: peer))
+        let id = newTransfer(bytes: bytes.count, peer: peer, shared: usesSharedMemory(receivingFrom: peer))
         let receive = PostedReceive(id: id, tag: tag, destination: bytes.baseAddress, reducer: reducer)
         if let sharedIn, usesSharedMemory(receivingFrom: peer) {
             do { try sharedIn.post(receive) } catch { fail(error as! ConcordError) }
@@ -403,9 +406,10 @@ public final class UVTransport: Transport, @unchecked Sendable {
         return TransferID(id)
     }
 
-    private func newTransfer(bytes: Int, shared: Bool) -> Int {
+    private func newTransfer(bytes: Int, peer: Int, shared: Bool) -> Int {
         nextID += 1
-        outstanding.append((nextID, bytes, shared))
+        let local = nodes.indices.contains(peer) && nodes.indices.contains(rank) && nodes[peer] == nodes[rank]
+        outstanding.append((nextID, bytes, shared, local))
         return nextID
     }
 
@@ -413,7 +417,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
         try checkUsable()
         let entry = outstanding.first { $0.id == transfer.raw }
         let small = entry.map { $0.shared || $0.bytes <= spinLimitBytes } ?? true
-        loop.spinMicroseconds = small ? spinMicroseconds : largeSpinMicroseconds
+        let local = entry?.local ?? false
+        loop.spinMicroseconds = small ? spinMicroseconds : local ? largeSpinMicroseconds : 0
         loop.yieldWhileSpinning = oversubscribed || !small
         // Bounded: the tick fails a silent link after the peer timeout, which ends this wait.
         loop.run(
