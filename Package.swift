@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(name: "ConcordCollectivesTests", dependencies: ["ConcordCollectives", "ConcordTestSupport"]),
         .testTarget(name: "ConcordUVTests", dependencies: ["Concord", "ConcordUV", "ConcordTestSupport"]),
         .testTarget(name: "ConcordLauncherTests", dependencies: ["ConcordTestSupport"]),
-        .testTarget(name: "ConcordDiscoveryTests", dependencies: ["ConcordDiscovery", "ConcordCore"]),
+        .testTarget(name: "ConcordDiscoveryTests", dependencies: ["ConcordDiscovery", "ConcordCore", "ConcordTestSupport"]),
         .testTarget(name: "ConcordIntegrationTests", dependencies: ["ConcordTestSupport"]),
         .testTarget(name: "ConcordMLTests", dependencies: ["ConcordML"]),
     ]

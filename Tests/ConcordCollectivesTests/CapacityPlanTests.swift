@@ -30,20 +30,8 @@
 // 60/3. slowFactor 2 compresses links 0 and 3.
 import ConcordCollectives
 import ConcordCore
+import ConcordTestSupport
 import Testing
-
-/// SplitMix64 (Steele, Lea, Flood): the same numbers on every run and machine.
-private struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private enum Fixture {
     static let mbit = 1e6 / 8
@@ -54,7 +42,7 @@ private enum Fixture {
     }
 
     /// Random bandwidths between 1 and 1000 MB/s, spread over the decades.
-    static func randomLinks(_ n: Int, _ random: inout SplitMix) -> [LinkEstimate] {
+    static func randomLinks(_ n: Int, _ random: inout SplitMix64) -> [LinkEstimate] {
         links(
             (0..<n).map { _ in
                 let decade = [1e6, 1e7, 1e8][Int.random(in: 0..<3, using: &random)]
@@ -168,7 +156,7 @@ private enum Fixture {
 struct CapacityPlanTests {
     @Test("chunkCounts: exact total, non-negative, whole grains but one, zero weight gets nothing", arguments: 1...8)
     func chunkCounts(ranks n: Int) {
-        var random = SplitMix(seed: 0xC0FF_EE00 &+ UInt64(n))
+        var random = SplitMix64(seed: 0xC0FF_EE00 &+ UInt64(n))
         for trial in 0..<150 {
             var raw = (0..<n).map { _ in
                 Int.random(in: 0..<4, using: &random) == 0 ? 0 : Double.random(in: 0...1, using: &random)
@@ -202,7 +190,7 @@ struct CapacityPlanTests {
 
     @Test("equal links: weights exactly 1/n, counts within one grain, no compression", arguments: 1...8)
     func equalLinks(ranks n: Int) {
-        var random = SplitMix(seed: 77 &+ UInt64(n))
+        var random = SplitMix64(seed: 77 &+ UInt64(n))
         for _ in 0..<10 {
             let speed = Double.random(in: 1e5...1e9, using: &random)
             let latency = Double.random(in: 0...0.01, using: &random)
@@ -237,7 +225,7 @@ struct CapacityPlanTests {
         "balance: the LP optimum (vertices), no worse than a fine grid or equal chunks, no better than information",
         arguments: 2...6)
     func balance(ranks n: Int) {
-        var random = SplitMix(seed: 0xBA1A_4CE &+ UInt64(n))
+        var random = SplitMix64(seed: 0xBA1A_4CE &+ UInt64(n))
         let trials = n <= 4 ? 12 : 6
         for trial in 0..<trials {
             let links = Fixture.randomLinks(n, &random)
@@ -300,7 +288,7 @@ struct CapacityPlanTests {
         #expect(one.hopCodecs == [.float32, .float32, .float32, int8])
         let none = CapacityPlan.balanced(links: Fixture.links([100, 100, 100, 20].map { $0 * Fixture.mbit }))
         #expect(none.hopCodecs == Array(repeating: .float32, count: 4))
-        var random = SplitMix(seed: 3)
+        var random = SplitMix64(seed: 3)
         for n in 1...8 {
             for _ in 0..<20 {
                 let links = Fixture.randomLinks(n, &random)
@@ -334,7 +322,7 @@ struct CapacityPlanTests {
 
     @Test("deterministic, and rotating the ring rotates the plan", arguments: 2...8)
     func determinism(ranks n: Int) {
-        var random = SplitMix(seed: 0xD37 &+ UInt64(n))
+        var random = SplitMix64(seed: 0xD37 &+ UInt64(n))
         for _ in 0..<8 {
             let links = Fixture.randomLinks(n, &random)
             for codec in [nil, WireCodec.int8(blockSize: 64)] {

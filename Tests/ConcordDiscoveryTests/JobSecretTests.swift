@@ -1,6 +1,7 @@
 import Testing
 
 @testable import ConcordDiscovery
+import ConcordTestSupport
 
 @Suite("Job secret, job id, node id")
 struct JobSecretTests {

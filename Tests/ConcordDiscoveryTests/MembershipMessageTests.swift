@@ -1,6 +1,7 @@
 import Testing
 
 @testable import ConcordDiscovery
+import ConcordTestSupport
 
 @Suite("Membership message encoding")
 struct MembershipMessageTests {

@@ -5,6 +5,7 @@
 // for a TTL after j crashes. Everything is drawn from one seeded generator, so a failing run replays.
 
 import ConcordDiscovery
+import ConcordTestSupport
 
 struct MembershipSimulation {
     struct Options {

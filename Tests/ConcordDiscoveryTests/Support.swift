@@ -1,4 +1,5 @@
-// Shared fixtures: a seeded generator, instants relative to one base, sample beacons and credentials.
+// Shared fixtures: instants relative to one base, sample beacons and credentials (the seeded generator,
+// SplitMix64, comes from ConcordTestSupport).
 
 @testable import ConcordDiscovery
 
@@ -7,19 +8,6 @@
 #elseif canImport(Darwin)
     import Darwin
 #endif
-
-/// SplitMix64: a tiny deterministic generator, so every simulated run is reproducible from its seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// One base instant for all tests; times are given as seconds after it.
 let baseInstant = ContinuousClock.now

@@ -3,6 +3,7 @@
 // unaligned buffers, every loop boundary, and narrowing in place.
 import ConcordCore
 import ConcordKernels
+import ConcordTestSupport
 import Testing
 
 /// The nearest value with `bits` significant bits and exponents down to `minExponent` (subnormals below),
@@ -94,7 +95,7 @@ struct ConvertKernelTests {
             0x1p-14, 0x1.ffcp-15, 0x1.ffep-15,  // around the smallest normal
             .infinity, -.infinity, .nan, -.nan, Float(bitPattern: 0x7F80_0001), 0, -0.0, .leastNonzeroMagnitude,
         ]
-        var random = SplitMix(seed: 42)
+        var random = SplitMix64(seed: 42)
         let values = edge + (0..<100_000).map { _ in Float(bitPattern: UInt32(truncatingIfNeeded: random.next())) }
         let got = narrow(values, to: Float16.self) { ConvertKernels.float32ToFloat16($0, $1, count: $2) }
         for (x, h) in zip(values, got) {
@@ -125,7 +126,7 @@ struct ConvertKernelTests {
             Float(bitPattern: 0x7F80_0001),  // signalling NaN, payload only in the low half
             .infinity, -.infinity, 0, -0.0, .leastNonzeroMagnitude, -.leastNormalMagnitude,
         ]
-        var random = SplitMix(seed: 43)
+        var random = SplitMix64(seed: 43)
         let values = edge + (0..<100_000).map { _ in Float(bitPattern: UInt32(truncatingIfNeeded: random.next())) }
         for path in availablePaths {
             let got = narrow(values, to: UInt16.self) {

@@ -4,34 +4,16 @@
 import ConcordCore
 import ConcordTestSupport
 
-/// SplitMix64: a small deterministic generator, so a failure reproduces.
-struct SplitMix {
-    var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// A value in `0..<bound`.
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-}
-
 /// An element type under test: how to draw samples, and exact comparison.
 protocol KernelTestElement: TestElement {
     /// A sample: one in eight is a special value, the others ordinary values of both signs.
-    static func sample(_ random: inout SplitMix) -> Self
+    static func sample(_ random: inout SplitMix64) -> Self
     /// Equal bit patterns, or both NaN.
     func matches(_ other: Self) -> Bool
 }
 
 extension KernelTestElement where Self: FixedWidthInteger {
-    static func sample(_ random: inout SplitMix) -> Self {
+    static func sample(_ random: inout SplitMix64) -> Self {
         switch random.below(8) {
         case 0: return [Self.min, Self.max, 0, 1, Self.max &- 1, Self.min &+ 1][random.below(6)]
         default: return Self(truncatingIfNeeded: random.next())
@@ -48,7 +30,7 @@ extension Int64: KernelTestElement {}
 
 /// A float32 sample: ordinary values with fractions over a range that makes sums round in every format,
 /// or a special value.
-func floatSample(_ random: inout SplitMix, specials: [Float]) -> Float {
+func floatSample(_ random: inout SplitMix64, specials: [Float]) -> Float {
     if random.below(8) == 0 { return specials[random.below(specials.count)] }
     let mantissa = Float(random.below(1 << 20)) / Float(1 << 12)  // 0 ..< 256, 12 fraction bits
     return random.below(2) == 0 ? mantissa : -mantissa
@@ -60,13 +42,13 @@ extension Float: KernelTestElement {
         .greatestFiniteMagnitude, 1e-40, 3.0e38,
     ]
 
-    static func sample(_ random: inout SplitMix) -> Float { floatSample(&random, specials: kernelTestSpecials) }
+    static func sample(_ random: inout SplitMix64) -> Float { floatSample(&random, specials: kernelTestSpecials) }
 
     func matches(_ other: Float) -> Bool { isNaN ? other.isNaN : bitPattern == other.bitPattern }
 }
 
 extension Double: KernelTestElement {
-    static func sample(_ random: inout SplitMix) -> Double {
+    static func sample(_ random: inout SplitMix64) -> Double {
         if random.below(8) == 0 {
             let specials: [Double] = [
                 .nan, .infinity, -.infinity, 0, -0.0, .leastNonzeroMagnitude, .greatestFiniteMagnitude, 1e-310,
@@ -80,7 +62,7 @@ extension Double: KernelTestElement {
 }
 
 extension Float16: KernelTestElement {
-    static func sample(_ random: inout SplitMix) -> Float16 {
+    static func sample(_ random: inout SplitMix64) -> Float16 {
         if random.below(8) == 0 {
             let specials: [Float16] = [
                 .nan, .infinity, -.infinity, 0, -0.0, .leastNonzeroMagnitude, -.leastNormalMagnitude,
@@ -95,7 +77,7 @@ extension Float16: KernelTestElement {
 }
 
 extension BFloat16: KernelTestElement {
-    static func sample(_ random: inout SplitMix) -> BFloat16 {
+    static func sample(_ random: inout SplitMix64) -> BFloat16 {
         if random.below(8) == 0 {
             let specials: [UInt16] = [
                 0x7FC0, 0xFFC1, 0x7F80, 0xFF80, 0, 0x8000, 0x0001, 0x8080, 0x7F7F, 0x0040, 0x807F,
@@ -119,7 +101,7 @@ let kernelOffsets = [0, 1, 3, 6]
 
 /// `count` samples of `T` starting at `seed`.
 func samples<T: KernelTestElement>(_: T.Type, count: Int, seed: UInt64) -> [T] {
-    var random = SplitMix(seed: seed)
+    var random = SplitMix64(seed: seed)
     return (0..<count).map { _ in T.sample(&random) }
 }
 

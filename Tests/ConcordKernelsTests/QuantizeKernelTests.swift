@@ -8,6 +8,7 @@
 // QuantizeKernels.swift; s·(1/2 + 2^-14) where the scale was lowered by an ulp to keep 127·s finite, within
 // an ulp or so of Float.greatestFiniteMagnitude). Zero blocks (absmax < 2^-119) decode to +0.
 import ConcordKernels
+import ConcordTestSupport
 import Testing
 
 /// The encoding of `x` written out element by element from the format's definition (QuantizeKernels.swift):
@@ -73,7 +74,7 @@ func decoded(_ bytes: [UInt8], count: Int, blockSize b: Int, adding base: [Float
 
 /// Finite values of both signs whose magnitudes vary by block (2^-30 … 2^30), so scales differ widely.
 func quantizeSample(_ count: Int, seed: UInt64, blockSize b: Int) -> [Float] {
-    var random = SplitMix(seed: seed)
+    var random = SplitMix64(seed: seed)
     var exponent = 0
     return (0..<count).map { i in
         if i % b == 0 { exponent = random.below(61) - 30 }
