@@ -35,7 +35,7 @@ public enum ConcordError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .peerLost(let rank, let peer, let reason):
-            return "rank \(rank): lost rank \(peer) (\(reason))"
+            return "rank \(rank): lost \(peer >= 0 ? "rank \(peer)" : "a peer that had not said its rank yet") (\(reason))"
         case .aborted(let rank, let by, let reason):
             return "rank \(rank): collective aborted by rank \(by): \(reason)"
         case .mismatch(let rank, let peer, let what, let local, let remote):

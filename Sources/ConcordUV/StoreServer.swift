@@ -46,9 +46,13 @@ public final class StoreServer {
     /// The port it listens on.
     public var port: Int { listener?.port ?? 0 }
 
+    /// Stops serving. Ranks still waiting are answered first with the keys that are missing, so that when
+    /// rank 0 gives up on the join before them they still name the ranks that never joined, at once,
+    /// instead of a master that went away.
     func close() {
         if let tickID { loop.removeTick(tickID) }
         tickID = nil
+        for waiter in waiters { reply(waiter.link, .storeMissing, waiter.keys.filter { values[$0] == nil }) }
         listener?.close()
         listener = nil
         for link in clients.values { link.close() }
@@ -201,8 +205,9 @@ final class StoreClient: Store {
         if let failure = link.failure {
             if case .protocolVersion = failure { throw failure }
             if case .joinRefused = failure { throw failure }
-            throw ConcordError.masterUnreachable(
-                rank: rank, address: masterAddress, seconds: joinSeconds, reason: "\(failure)")
+            var reason = "\(failure)"
+            if case .peerLost(_, _, let why) = failure { reason = "lost the connection to it: \(why)" }
+            throw ConcordError.masterUnreachable(rank: rank, address: masterAddress, seconds: joinSeconds, reason: reason)
         }
         throw ConcordError.masterUnreachable(
             rank: rank, address: masterAddress, seconds: joinSeconds, reason: "the master stopped answering")

@@ -208,9 +208,11 @@ public final class UVTransport: Transport, @unchecked Sendable {
         try client.set("rank/\(rank)", SocketAddress.format(host: host, port: listener.port), deadline: deadline)
         try client.set("node/\(rank)", options.node, deadline: deadline)
         let keys = ["session"] + (0..<worldSize).map { "rank/\($0)" } + (0..<worldSize).map { "node/\($0)" }
-        let values = try client.wait(for: keys, deadline: deadline) { [rank, options] missing in
+        let values = try client.wait(for: keys, deadline: deadline) { [rank, options, deadline] missing in
             let ranks = missing.compactMap { $0.hasPrefix("rank/") ? Int($0.dropFirst(5)) : nil }.sorted()
-            return .joinTimeout(rank: rank, missing: ranks.isEmpty ? [0] : ranks, seconds: options.joinTimeout)
+            // The seconds this rank waited: rank 0 may give up first and answer the others then.
+            let waited = ((options.joinTimeout - deadline.remainingSeconds) * 10).rounded() / 10
+            return .joinTimeout(rank: rank, missing: ranks.isEmpty ? [0] : ranks, seconds: max(0, waited))
         }
         session = values[0]
         nodes = Array(values[(1 + worldSize)...])

@@ -53,6 +53,9 @@ struct VocabularyTests {
         }
         #expect(ConcordError.joinTimeout(rank: 0, missing: [2, 3], seconds: 5).description.contains("[2, 3]"))
         #expect(ConcordError.peerLost(rank: 2, peer: 1, reason: "x").description.contains("rank 1"))
+        // A connection that failed before the peer said its rank names no made-up rank.
+        let early = ConcordError.peerLost(rank: 2, peer: -1, reason: "x").description
+        #expect(!early.contains("-1") && early.contains("had not said its rank"), "\(early)")
     }
 
     @Test("deadlines order and expire")

@@ -356,8 +356,8 @@ struct CommunicatorTests {
     @Test("a rank that never joins is named by every rank that waited for it")
     func joinTimeout() {
         let port = freeTCPPort()
-        // Rank 0 waits a second longer: with equal deadlines it sometimes gave up first and closed the store
-        // under rank 1, which then reported a master that went away instead of the missing rank.
+        // Rank 0 waits a second longer, so that both ranks time out on their own (`rankZeroGivesUpFirst`
+        // covers rank 0 closing the store first).
         let results = withRanks(2, seconds: 30) { rank in
             Self.joinOutcome(rank: rank, worldSize: 3, port: port, joinTimeout: rank == 0 ? 3 : 2)
         }
@@ -365,6 +365,22 @@ struct CommunicatorTests {
             let text = (try? result.get()) ?? ""
             #expect(text.contains("rank \(rank): join timed out") && text.contains("[2]"), "\(text)")
         }
+    }
+
+    @Test("when rank 0 gives up on the join first, a rank still waiting names the missing rank at once")
+    func rankZeroGivesUpFirst() {
+        let port = freeTCPPort()
+        let start = Date()
+        let results = withRanks(2, seconds: 40) { rank in
+            Self.joinOutcome(rank: rank, worldSize: 3, port: port, joinTimeout: rank == 0 ? 1 : 20)
+        }
+        for (rank, result) in results.enumerated() {
+            let text = (try? result.get()) ?? ""
+            #expect(text.contains("rank \(rank): join timed out") && text.contains("[2]"), "\(text)")
+            #expect(!text.contains("after 20 s"), "\(text)")
+        }
+        // Answered when rank 0 closed the store, not at rank 1's own 20 s deadline.
+        #expect(Date().timeIntervalSince(start) < 15)
     }
 
     @Test("ranks started with different world sizes are refused at once, naming both sizes")
