@@ -44,9 +44,9 @@ public enum RingCollectives {
     ///   - segmentBytes: the largest payload of one frame.
     ///   - gatherBytes: buffers of at most this many bytes pass whole around the ring instead (fewer steps;
     ///     see RingCollectives+SmallAllReduce.swift); every rank must pass the same value.
-    ///   - halvingBytes: larger buffers up to this many bytes use halving-doubling when the world size is a
-    ///     power of two and the transport reaches the partners (RingCollectives+HalvingDoubling.swift);
-    ///     every rank must pass the same value.
+    ///   - halvingBytes: larger buffers up to this many bytes, and larger ones too when all ranks share one
+    ///     machine, use halving-doubling when the world size is a power of two and the transport reaches
+    ///     the partners (RingCollectives+HalvingDoubling.swift); every rank must pass the same value.
     /// - Throws: `ConcordError.invalidArgument` when `op` is not defined on `dataType`; otherwise the
     ///   transport's `ConcordError` (peer lost, mismatch, ...). The buffer's content is then unspecified,
     ///   and the transport holds no reference to it.
@@ -64,7 +64,7 @@ public enum RingCollectives {
             return try smallAllReduce(
                 buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
         }
-        if count * size <= halvingBytes && doublingPartners(transport) != nil {
+        if count * size <= halvingBytes || transport.ranksShareOneMachine, doublingPartners(transport) != nil {
             return try halvingDoublingAllReduce(
                 buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
         }

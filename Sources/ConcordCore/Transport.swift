@@ -142,10 +142,14 @@ public protocol Transport: AnyObject {
     /// Whether the ring links are much faster than direct links to other ranks (shared memory between
     /// ring neighbours, TCP elsewhere), so collectives should keep to the ring. The same on every rank.
     var ringLinksAreFaster: Bool { get }
+
+    /// Whether every rank runs on this machine, so that no link crosses a network. The same on every rank.
+    var ranksShareOneMachine: Bool { get }
 }
 
 extension Transport {
     public var ringLinksAreFaster: Bool { false }
+    public var ranksShareOneMachine: Bool { false }
 
     public func isConnected(to peer: Int) -> Bool {
         peer == (rank + 1) % worldSize || peer == (rank + worldSize - 1) % worldSize

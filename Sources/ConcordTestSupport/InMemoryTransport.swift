@@ -16,7 +16,11 @@ public final class InMemoryWorld: @unchecked Sendable {
     /// Whether every rank reaches every other (else only its ring neighbours, like the TCP transport
     /// without doubling partners).
     public let fullyConnected: Bool
+    /// What every rank's transport says of `ranksShareOneMachine`.
+    public let oneMachine: Bool
     fileprivate let condition = NSCondition()
+    /// Frames sent so far from rank s to rank d: `frames[s][d]`.
+    fileprivate var frames: [[Int]]
     fileprivate var sends: [[[Pending]]]
     fileprivate var receives: [[[Pending]]]
     fileprivate var done = Set<Int>()
@@ -24,13 +28,22 @@ public final class InMemoryWorld: @unchecked Sendable {
     fileprivate var failures: [Int: ConcordError] = [:]
     fileprivate var firstFailure: (rank: Int, error: ConcordError)?
 
-    public init(worldSize: Int, timeout: Double = 30, fullyConnected: Bool = false) {
+    public init(worldSize: Int, timeout: Double = 30, fullyConnected: Bool = false, oneMachine: Bool = false) {
         self.worldSize = worldSize
         self.timeout = timeout
         self.fullyConnected = fullyConnected
+        self.oneMachine = oneMachine
+        frames = Array(repeating: Array(repeating: 0, count: worldSize), count: worldSize)
         let empty = [[Pending]](repeating: [], count: worldSize)
         sends = Array(repeating: empty, count: worldSize)
         receives = Array(repeating: empty, count: worldSize)
+    }
+
+    /// Frames sent so far from rank `source` to rank `destination`.
+    public func framesSent(from source: Int, to destination: Int) -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return frames[source][destination]
     }
 
     /// Rank `rank`'s view of the world.
@@ -109,6 +122,8 @@ public final class InMemoryTransport: Transport, @unchecked Sendable {
         self.rank = rank
     }
 
+    public var ranksShareOneMachine: Bool { world.oneMachine }
+
     public func isConnected(to peer: Int) -> Bool {
         peer != rank
             && (world.fullyConnected || peer == (rank + 1) % worldSize || peer == (rank + worldSize - 1) % worldSize)
@@ -116,6 +131,7 @@ public final class InMemoryTransport: Transport, @unchecked Sendable {
 
     public func send(to peer: Int, tag: SegmentTag, from bytes: UnsafeRawBufferPointer) throws -> TransferID {
         try post(peer: peer, source: rank, destination: peer) { id in
+            world.frames[rank][peer] += 1
             world.sends[rank][peer].append(
                 .init(
                     id: id, owner: rank, tag: tag, bytes: UnsafeMutableRawBufferPointer(mutating: bytes), reducer: nil))

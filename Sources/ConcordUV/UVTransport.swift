@@ -274,7 +274,9 @@ public final class UVTransport: Transport, @unchecked Sendable {
     /// ring algorithms then beat the doubling ones, whose partner links are TCP. Every rank computes it
     /// from the same rendezvous facts (if a shared ring fails to open, that link uses TCP, and every rank
     /// still chooses alike).
-    public var ringLinksAreFaster: Bool { options.medium != .tcp && Set(nodes).count == 1 }
+    public var ringLinksAreFaster: Bool { options.medium != .tcp && ranksShareOneMachine }
+
+    public var ranksShareOneMachine: Bool { Set(nodes).count == 1 }
 
     /// The partners of recursive doubling (rank XOR 1, 2, 4, …) when the world size is a power of two; the
     /// ring neighbours among them need no link of their own.

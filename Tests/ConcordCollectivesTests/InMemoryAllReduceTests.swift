@@ -97,6 +97,30 @@ struct InMemoryAllReduceTests {
         }
     }
 
+    @Test("above 2 MiB, halving-doubling only when all ranks share one machine (n = 4)", arguments: [false, true])
+    func halvingDoublingOnOneMachine(oneMachine: Bool) {
+        let n = 4
+        let count = (RingCollectives.defaultHalvingBytes / 4) * 3 / 2 + 1
+        let world = InMemoryWorld(worldSize: n, timeout: 20, fullyConnected: true, oneMachine: oneMachine)
+        let results = withRanks(n, seconds: 60) { rank in
+            var data = (0..<count).map { distinctValue(rank: rank, index: $0) }
+            try data.withUnsafeMutableBytes { bytes in
+                try RingCollectives.allReduce(
+                    bytes, count: count, dataType: .float32, op: .sum, sequence: 1, transport: world.transport(rank: rank))
+            }
+            return data
+        }
+        Self.check(results, ranks: n, count: count)
+        // Halving-doubling's first exchange is with rank XOR 2, which is no ring neighbour at n = 4.
+        let acrossRing = (0..<n).map { world.framesSent(from: $0, to: $0 ^ 2) }
+        let alongRing = (0..<n).map { world.framesSent(from: $0, to: ($0 + 1) % n) }
+        if oneMachine {
+            #expect(acrossRing == [2, 2, 2, 2], "\(acrossRing)")
+        } else {
+            #expect(acrossRing == [0, 0, 0, 0] && alongRing.allSatisfy { $0 >= 6 }, "\(acrossRing) \(alongRing)")
+        }
+    }
+
     @Test("many small segments per chunk", arguments: [2, 3, 5])
     func smallSegments(ranks n: Int) {
         for (count, segment) in [(37, 4), (1000, 12), (4099, 64)] {
