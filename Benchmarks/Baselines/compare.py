@@ -3,7 +3,9 @@
 
 Idea: every system runs the same float32 sum allreduce sweep, 4 KiB ... 64 MiB (factor 4), on loopback:
   concord-tcp, concord-shm   concord-bench under `concord run`, CONCORD_TRANSPORT=tcp or shm; the TCP
-                             run also measures the raw TCP ring (--raw-ring), reported as system raw-ring
+                             run also measures the raw TCP ring (--raw-ring), reported as system raw-ring,
+                             and the same ring over buffers as large as the tensor (--raw-ring-cold),
+                             system raw-cold: the limit for moving a tensor's own bytes, out of cache
   gloo-ring, -chunked, -hd   gloo_allreduce (Benchmarks/Baselines), one process per rank started here
   mpi-tcp, mpi-shm           mpi_allreduce under mpirun, BTL tcp,self or the shared-memory BTL
 Runs are interleaved to cancel drift (A B A B): for each round, for each N, every system runs once over
@@ -34,8 +36,9 @@ import time
 SYSTEMS = [  # (key, label), in table order
     ("concord-tcp", "Concord TCP"), ("concord-shm", "Concord shm"),
     ("gloo-ring", "Gloo ring"), ("gloo-chunked", "Gloo chunked"), ("gloo-hd", "Gloo HD"),
-    ("mpi-tcp", "MPI TCP"), ("mpi-shm", "MPI shm"), ("raw-ring", "raw TCP ring"),
+    ("mpi-tcp", "MPI TCP"), ("mpi-shm", "MPI shm"), ("raw-ring", "raw TCP ring"), ("raw-cold", "raw ring cold"),
 ]
+RAW_RINGS = {"raw-ring": "rawBusbw", "raw-cold": "rawColdBusbw"}  # measured by concord-bench, as busbw
 LABEL = dict(SYSTEMS)
 TCP_PEERS = ["gloo-ring", "gloo-chunked", "gloo-hd", "mpi-tcp"]
 SIZES = [4096 * 4**k for k in range(8)]  # 4K ... 64M
@@ -169,7 +172,7 @@ class Runner:
         argv = [os.path.join(self.args.bin, "concord"), "run", "-n", str(n), "--grace", "1", "--",
                 os.path.join(self.args.bin, "concord-bench"), "allreduce"] + sizes + ["-c", "0", "--json", rows_file]
         if transport == "tcp":
-            argv.append("--raw-ring")
+            argv += ["--raw-ring", "--raw-ring-cold"]
         error, _ = run_group([argv], dict(self.env, CONCORD_TRANSPORT=transport), self.args.timeout, log)
         try:
             with open(rows_file) as f:
@@ -183,10 +186,11 @@ class Runner:
             if row.get("cpuMicroseconds") is not None:
                 sample["cpu_us"] = row["cpuMicroseconds"]
             samples.append(sample)
-            if row.get("rawBusbw"):  # the raw ring's time is the one its busbw implies for these bytes
-                raw = row["rawBusbw"]
-                samples.append({"system": "raw-ring", "ranks": n, "bytes": row["bytes"], "busbw": raw,
-                                "time_us": row["bytes"] * 2 * (n - 1) / n / (raw * 1e9) * 1e6})
+            for ring, key in RAW_RINGS.items():  # a raw ring's time is the one its busbw implies for these bytes
+                if row.get(key):
+                    raw = row[key]
+                    samples.append({"system": ring, "ranks": n, "bytes": row["bytes"], "busbw": raw,
+                                    "time_us": row["bytes"] * 2 * (n - 1) / n / (raw * 1e9) * 1e6})
         return error, samples
 
 
@@ -207,7 +211,7 @@ def medians(samples):
         groups.setdefault((s["system"], s["ranks"], s["bytes"]), []).append(s)
     result = []
     for (system, n, nbytes), group in sorted(groups.items()):
-        if system == "raw-ring":  # measured as a bandwidth: median of busbw
+        if system in RAW_RINGS:  # measured as a bandwidth: median of busbw
             bw = statistics.median(s["busbw"] for s in group)
             t = nbytes * 2 * (n - 1) / n / (bw * 1e9) * 1e6
         else:
@@ -230,7 +234,7 @@ def table(n, med, rounds):
     has_cpu = any("cpu_us" in m for m in by.values())
     head1 = f"{'':>6} |" + "".join(f" {LABEL[k]:<15}|" for k, _ in SYSTEMS)
     head2 = f"{'size':>6} |" + "".join(f" {'us':>8} {'GB/s':>6}|" for _ in SYSTEMS)
-    ratio_head = f" {'C/peer':>6} {'(peer)':<14} {'C/raw':>6} {'shm/MPI':>7}" + (f" {'C cpu us':>9}" if has_cpu else "")
+    ratio_head = f" {'C/peer':>6} {'(peer)':<14} {'C/raw':>6} {'C/cold':>6} {'shm/MPI':>7}" + (f" {'C cpu us':>9}" if has_cpu else "")
     lines = [f"## N = {n} ranks: float32 sum allreduce, loopback, median of {rounds} round(s)",
              head1, head2 + ratio_head, "-" * len(head2 + ratio_head)]
     for nbytes in SIZES:
@@ -238,19 +242,21 @@ def table(n, med, rounds):
         for key, _ in SYSTEMS:
             m = by.get((key, nbytes))
             cells.append(f" {fmt_time(m['time_us']):>8} {m['busbw']:>6.2f}|" if m else f" {'-':>8} {'-':>6}|")
-        c, shm, raw, mpishm = (by.get((k, nbytes)) for k in ("concord-tcp", "concord-shm", "raw-ring", "mpi-shm"))
+        c, shm, raw, cold, mpishm = (
+            by.get((k, nbytes)) for k in ("concord-tcp", "concord-shm", "raw-ring", "raw-cold", "mpi-shm"))
         peers = [by[(k, nbytes)] for k in TCP_PEERS if (k, nbytes) in by]
         best = max(peers, key=lambda m: m["busbw"]) if peers else None
         ratio = lambda a, b: f"{a['busbw'] / b['busbw']:.2f}" if a and b else "-"
         tail = (f" {ratio(c, best):>6} {('(' + best['system'] + ')') if best else '':<14}"
-                f" {ratio(c, raw):>6} {ratio(shm, mpishm):>7}")
+                f" {ratio(c, raw):>6} {ratio(c, cold):>6} {ratio(shm, mpishm):>7}")
         if has_cpu:
             tail += f" {fmt_time(c['cpu_us']) if c and 'cpu_us' in c else '-':>9}"
         lines.append(f"{size_label(nbytes):>6} |" + "".join(cells) + tail)
     lines.append("# us = time per call (slowest rank's average); GB/s = busbw = bytes/time * 2(n-1)/n.")
     lines.append("# C/peer = Concord TCP busbw / the best TCP peer's (Gloo ring, chunked, HD, MPI TCP); C/raw =")
-    lines.append("# Concord TCP / the raw TCP ring (the ring's physical limit; its us is the time its busbw")
-    lines.append("# implies); shm/MPI = Concord shm / MPI shm. Above 1: Concord is faster.")
+    lines.append("# Concord TCP / the raw TCP ring (the ring's physical limit, its buffers in cache; its us is")
+    lines.append("# the time its busbw implies); C/cold = Concord TCP / the raw ring over tensor-sized buffers")
+    lines.append("# (the limit for a tensor's own bytes); shm/MPI = Concord shm / MPI shm. Above 1: Concord is faster.")
     if has_cpu:
         lines.append("# C cpu us = Concord TCP's CPU time per call (concord-bench's cpuMicroseconds).")
     return "\n".join(lines)
@@ -260,7 +266,8 @@ def svg_plot(med, ns):
     """busbw (linear) against size (log), one panel per N, one polyline per system, legend underneath.
     Sizes are powers of 4, so equal steps on the x axis are a log scale."""
     colors = {"concord-tcp": "#d62728", "concord-shm": "#ff7f0e", "gloo-ring": "#1f77b4", "gloo-chunked": "#17becf",
-              "gloo-hd": "#9467bd", "mpi-tcp": "#2ca02c", "mpi-shm": "#8c564b", "raw-ring": "#555555"}
+              "gloo-hd": "#9467bd", "mpi-tcp": "#2ca02c", "mpi-shm": "#8c564b", "raw-ring": "#555555",
+              "raw-cold": "#aaaaaa"}
     pw, ph, ml, mr, mt, mb = 440, 300, 60, 20, 40, 50  # panel size and margins
     width = len(ns) * (pw + ml + mr)
     columns = max(2, (width - ml) // 170)  # legend entries per line
@@ -293,14 +300,14 @@ def svg_plot(med, ns):
                    if m["system"] == key and m["bytes"] in SIZES]
             if not pts:
                 continue
-            dash = ' stroke-dasharray="6 4"' if key == "raw-ring" else ""
+            dash = ' stroke-dasharray="6 4"' if key in RAW_RINGS else ""
             wide = 3 if key.startswith("concord") else 1.8
             out.append(f'<polyline fill="none" stroke="{colors[key]}" stroke-width="{wide}"{dash} points="'
                        + " ".join(f"{px:.1f},{py:.1f}" for px, py in pts) + '"/>')
             out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{colors[key]}"/>' for px, py in pts]
     for j, (key, label) in enumerate(SYSTEMS):  # legend underneath, `columns` entries per line
         lx, ly = ml + (j % columns) * 170, mt + ph + mb + 20 + (j // columns) * 22
-        dash = ' stroke-dasharray="6 4"' if key == "raw-ring" else ""
+        dash = ' stroke-dasharray="6 4"' if key in RAW_RINGS else ""
         out.append(f'<line x1="{lx}" x2="{lx + 30}" y1="{ly}" y2="{ly}" stroke="{colors[key]}" stroke-width="3"{dash}/>')
         out.append(f'<text x="{lx + 36}" y="{ly + 4}">{label}</text>')
     out.append("</svg>")
@@ -318,8 +325,8 @@ def main():
     p.add_argument("--out", default="compare-results", help="output directory (default: compare-results)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each keeps the median (default 3)")
     p.add_argument("--ranks", default="2,4", help="comma-separated N (default 2,4)")
-    p.add_argument("--systems", default=",".join(k for k, _ in SYSTEMS if k != "raw-ring"),
-                   help="comma-separated subset (default: all; raw-ring comes with concord-tcp)")
+    p.add_argument("--systems", default=",".join(k for k, _ in SYSTEMS if k not in RAW_RINGS),
+                   help="comma-separated subset (default: all; the raw rings come with concord-tcp)")
     p.add_argument("--row-seconds", type=float, default=0.25,
                    help="time a row should take from round 2 on, which sets its iterations (default 0.25)")
     p.add_argument("--timeout", type=float, default=120, help="seconds allowed for one run of one sweep")
@@ -327,7 +334,7 @@ def main():
     ns = [int(n) for n in args.ranks.split(",")]
     systems = [s for s in args.systems.split(",") if s]
     for s in systems:
-        if s not in LABEL or s == "raw-ring":
+        if s not in LABEL or s in RAW_RINGS:
             p.error(f"unknown system {s}")
     sweeps = SWEEPS
     os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
