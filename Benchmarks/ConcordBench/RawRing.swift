@@ -65,7 +65,8 @@ final class RawRing: @unchecked Sendable {
     private let receiveBuffer: UnsafeMutableRawPointer
     private let sender: RawSender
 
-    /// Listens on loopback, learns the neighbours' ports with one all-reduce, connects right, accepts left.
+    /// Listens on every interface, learns the neighbours' addresses and ports with one all-reduce, connects
+    /// right, accepts left.
     /// - Parameter span: nil for cache-resident buffers (1 MiB to send from, 64 KiB to read into); else the
     ///   size of both buffers, read 1 MiB at a time.
     init(comm: Communicator, span: Int? = nil) throws {
@@ -83,7 +84,7 @@ final class RawRing: @unchecked Sendable {
         defer { Glibc.close(listenFD) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = INADDR_ANY
         address.sin_port = 0
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) {
@@ -92,16 +93,23 @@ final class RawRing: @unchecked Sendable {
             }
         }
         guard bound else { throw RawRingError(description: "bind: \(String(cString: strerror(errno)))") }
-        var ports = [Float](repeating: 0, count: comm.worldSize)
-        ports[comm.rank] = Float(UInt16(bigEndian: address.sin_port))
-        try comm.allReduceBlocking(&ports)
-        let rightPort = UInt16(ports[(comm.rank + 1) % comm.worldSize])
+        // Every rank's IPv4 address (4 octets) and port, as floats (exact below 2^24), summed over ranks.
+        var table = [Float](repeating: 0, count: 5 * comm.worldSize)
+        let own = Self.ownAddress(comm.configuration)
+        withUnsafeBytes(of: own.s_addr) { octets in
+            for i in 0..<4 { table[5 * comm.rank + i] = Float(octets[i]) }
+        }
+        table[5 * comm.rank + 4] = Float(UInt16(bigEndian: address.sin_port))
+        try comm.allReduceBlocking(&table)
+        let r = 5 * ((comm.rank + 1) % comm.worldSize)
 
         sendFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var right = sockaddr_in()
         right.sin_family = sa_family_t(AF_INET)
-        right.sin_addr.s_addr = inet_addr("127.0.0.1")
-        right.sin_port = rightPort.bigEndian
+        withUnsafeMutableBytes(of: &right.sin_addr.s_addr) { octets in
+            for i in 0..<4 { octets[i] = UInt8(table[r + i]) }
+        }
+        right.sin_port = UInt16(table[r + 4]).bigEndian
         let connected = withUnsafePointer(to: &right) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 connect(sendFD, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
@@ -114,6 +122,31 @@ final class RawRing: @unchecked Sendable {
         setsockopt(sendFD, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         sender.fd = sendFD
         try comm.barrierBlocking()
+    }
+
+    /// The IPv4 address the other ranks reach this one at: the advertised host (`CONCORD_HOST`) when it
+    /// is one, else this machine's address on the route to the master, else loopback.
+    static func ownAddress(_ configuration: Configuration) -> in_addr {
+        var result = in_addr(s_addr: inet_addr("127.0.0.1"))
+        if let host = configuration.advertisedHost, inet_pton(AF_INET, host, &result) == 1 { return result }
+        var master = in_addr()
+        guard inet_pton(AF_INET, configuration.masterAddress, &master) == 1 else { return result }
+        let probe = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        guard probe >= 0 else { return result }
+        defer { Glibc.close(probe) }
+        var target = sockaddr_in()
+        target.sin_family = sa_family_t(AF_INET)
+        target.sin_addr = master
+        target.sin_port = UInt16(clamping: configuration.masterPort).bigEndian
+        var local = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let found = withUnsafePointer(to: &target) { to in
+            withUnsafeMutablePointer(to: &local) { from in
+                to.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, length) == 0 }
+                    && from.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(probe, $0, &length) == 0 }
+            }
+        }
+        return found ? local.sin_addr : result
     }
 
     /// Streams `linkBytes` around the ring `iterations` times; returns the slowest rank's GB/s per link.

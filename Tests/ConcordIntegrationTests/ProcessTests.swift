@@ -95,7 +95,7 @@ struct ProcessTests {
         }
     }
 
-    @Test("--json writes one row per size with the table's fields")
+    @Test("--json writes one row per size with the table's fields, the raw rings' rates included")
     func jsonRows() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent(
             "concord-rows-\(UUID().uuidString).json")
@@ -105,7 +105,7 @@ struct ProcessTests {
             [
                 "run", "-n", "2", "--", try Self.executable("concord-bench"), "allreduce", "-b", "1K", "-e", "64K",
                 "-f", "8",
-                "-n", "1", "-w", "0", "-d", "int32", "-o", "max", "--json", path.path,
+                "-n", "1", "-w", "0", "-d", "int32", "-o", "max", "--json", path.path, "--raw-ring", "--raw-ring-cold",
             ])
         defer { child.kill() }
         #expect(child.wait(seconds: 120))
@@ -116,6 +116,7 @@ struct ProcessTests {
         for row in rows {
             #expect(row["type"] as? String == "int32" && row["redop"] as? String == "max" && row["ranks"] as? Int == 2)
             #expect(row["wrong"] as? Int == 0 && (row["busbw"] as? Double ?? -1) >= 0)
+            #expect((row["rawBusbw"] as? Double ?? 0) > 0 && (row["rawColdBusbw"] as? Double ?? 0) > 0, "\(row)")
         }
     }
 
