@@ -50,7 +50,8 @@ let package = Package(
         .executableTarget(
             name: "ConcordBench",
             dependencies: [
-                "Concord", "ConcordTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "Concord", "ConcordUV", "ConcordTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/ConcordBench"),
         // The demo trainer: an image classifier trained data-parallel with GradientSynchronizer.

@@ -8,11 +8,15 @@
 // `concord-bench rawring` runs it alone; `concord-bench allreduce --raw-ring` interleaves it with
 // all-reduce at every size, so both are measured under the same load in one invocation.
 //
+// Its sockets get the congestion control Concord's links get (reno between ranks on one machine, see
+// Sources/ConcordUV/LinkTuning.swift), so that the limit is measured under the same rules.
+//
 // The raw ring's buffers stay in cache, which a real collective's cannot: `--raw-ring-cold` adds a
 // second raw ring that writes from and reads into buffers as large as the tensor (1 MiB reads), the
 // limit for any transport that has to move the tensor's own bytes.
 import ArgumentParser
 import Concord
+import ConcordUV
 import Foundation
 
 struct RawRingBench: ParsableCommand {
@@ -82,6 +86,10 @@ final class RawRing: @unchecked Sendable {
         let listenFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard listenFD >= 0 else { throw RawRingError(description: "socket: \(String(cString: strerror(errno)))") }
         defer { Glibc.close(listenFD) }
+        // The congestion control Concord's own links get (set before listening and connecting, as there).
+        let congestion =
+            comm.configuration.sameMachineCongestionControl ?? LinkTuning.defaultSameMachineCongestionControl
+        LinkTuning.setCongestionControl(congestion, on: listenFD)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = INADDR_ANY
@@ -102,8 +110,11 @@ final class RawRing: @unchecked Sendable {
         table[5 * comm.rank + 4] = Float(UInt16(bigEndian: address.sin_port))
         try comm.allReduceBlocking(&table)
         let r = 5 * ((comm.rank + 1) % comm.worldSize)
+        let l = 5 * ((comm.rank + comm.worldSize - 1) % comm.worldSize)
+        func host(_ at: Int) -> String { (0..<4).map { String(Int(table[at + $0])) }.joined(separator: ".") }
 
         sendFD = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if LinkTuning.isThisMachine(host(r)) { LinkTuning.setCongestionControl(congestion, on: sendFD) }
         var right = sockaddr_in()
         right.sin_family = sa_family_t(AF_INET)
         withUnsafeMutableBytes(of: &right.sin_addr.s_addr) { octets in
@@ -118,8 +129,12 @@ final class RawRing: @unchecked Sendable {
         guard connected else { throw RawRingError(description: "connect: \(String(cString: strerror(errno)))") }
         receiveFD = accept(listenFD, nil, nil)
         guard receiveFD >= 0 else { throw RawRingError(description: "accept: \(String(cString: strerror(errno)))") }
+        if !LinkTuning.isThisMachine(host(l)), let system = LinkTuning.systemCongestionControl {
+            LinkTuning.setCongestionControl(system, on: receiveFD)
+        }
         var one: Int32 = 1
         setsockopt(sendFD, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+
         sender.fd = sendFD
         try comm.barrierBlocking()
     }

@@ -111,6 +111,7 @@ public final class Communicator: @unchecked Sendable {
         options.medium = configuration.linkMedium
         options.spinMicroseconds = configuration.spinMicroseconds
         if let bytes = configuration.receiveBufferBytes { options.receiveBufferBytes = bytes }
+        if let name = configuration.sameMachineCongestionControl { options.sameMachineCongestionControl = name }
         options.authenticator = try JobAuthenticator(configuration)
         if let node = configuration.node { options.node = node }
         let transport = try UVTransport(loop: loop, options: options)
@@ -222,6 +223,9 @@ public final class Communicator: @unchecked Sendable {
 
     /// What carries data to the right neighbour and from the left one: "shm" or "tcp" each.
     public var linkMedia: (toRight: String, fromLeft: String) { loop.drive { transport.media } }
+
+    /// The congestion control of every TCP link of this rank (ring neighbours, then doubling partners).
+    package var linkCongestionControls: [String?] { loop.drive { transport.linkCongestionControls } }
 
     /// Whether the loop closed with no libuv handle left open (checked by tests after `shutdown`).
     package var closedCleanly: Bool { loop.closedCleanly }

@@ -1,6 +1,7 @@
 // The environment-variable contract: where a rank learns who it is and where the master is.
 import ConcordCore
 @_exported import ConcordDiscovery
+import ConcordUV
 import Foundation
 
 /// Everything a `Communicator` needs to join its group.
@@ -28,6 +29,10 @@ public struct Configuration: Sendable {
     /// Bytes of every TCP link's receive buffer (`CONCORD_SOCKET_BUFFER`; 0: the kernel's autotuning).
     /// nil, the default: 4 MiB where `net.core.rmem_max` allows it, else autotuning (docs/algorithms.md).
     public var receiveBufferBytes: Int?
+    /// Congestion control of TCP links between ranks on one machine (`CONCORD_LOCAL_CONGESTION`: a name the
+    /// kernel offers, or `system` for the system's default, written ""). nil, the default: reno, which
+    /// neither paces nor bounds the window on a link that cannot lose packets (docs/algorithms.md).
+    public var sameMachineCongestionControl: String?
 
     /// Whether large float32 sums size ring chunks by measured link capacity, and compress on slow links
     /// (`CONCORD_CAPACITY`: off, the default; weighted; or fp16, bf16, int8 for weighted chunks with that
@@ -191,6 +196,19 @@ public struct Configuration: Sendable {
                     "CONCORD_SOCKET_BUFFER=\(bytes) must be 0 (autotuning) or a size in bytes up to 1 GiB")
             }
             receiveBufferBytes = bytes
+        }
+        if let name = env["CONCORD_LOCAL_CONGESTION"], !name.isEmpty {
+            if name == "system" {
+                sameMachineCongestionControl = ""
+            } else {
+                let available = LinkTuning.availableCongestionControls
+                guard available.isEmpty || available.contains(name) else {
+                    throw ConcordError.invalidConfiguration(
+                        "CONCORD_LOCAL_CONGESTION=\(name) is not a congestion control this kernel offers "
+                            + "(\(available.joined(separator: ", ")), or system for the system's default")
+                }
+                sameMachineCongestionControl = name
+            }
         }
     }
 }

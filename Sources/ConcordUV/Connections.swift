@@ -12,15 +12,27 @@ final class Listener {
     var authenticator: (any LinkAuthenticator)?
     private var isClosing = false
 
-    /// Binds `host:port` (port 0 picks a free one) and listens.
+    /// The congestion control of accepted connections from this machine ("": the system's).
+    private let sameMachineCongestionControl: String
+
+    /// Binds `host:port` (port 0 picks a free one) and listens. Accepted connections from this machine use
+    /// `sameMachineCongestionControl` from their first packet (set on the listener, which they inherit it
+    /// from); those from elsewhere are switched back to the system's default (LinkTuning.swift).
     /// - Throws: `ConcordError.addressInUse` with `inUseHint` when the port is taken, `.system` otherwise.
-    init(loop: EventLoop, rank: Int, host: String, port: Int, inUseHint: String) throws {
+    init(
+        loop: EventLoop, rank: Int, host: String, port: Int, inUseHint: String, sameMachineCongestionControl: String = ""
+    ) throws {
         self.loop = loop
         self.rank = rank
+        self.sameMachineCongestionControl = sameMachineCongestionControl
         let address = try SocketAddress(host: host, port: port)
         tcp = .allocate(capacity: 1)
-        try uvCheck(uv_tcp_init(loop.loop, tcp), "uv_tcp_init", rank: rank)
+        try uvCheck(uv_tcp_init_ex(loop.loop, tcp, UInt32(address.family)), "uv_tcp_init", rank: rank)
         tcp.pointee.data = Unmanaged.passRetained(self).toOpaque()
+        var fd: uv_os_fd_t = -1
+        if !sameMachineCongestionControl.isEmpty, uv_fileno(tcp.asHandle, &fd) == 0 {
+            LinkTuning.setCongestionControl(sameMachineCongestionControl, on: fd)
+        }
         var rc = address.withSockaddr { uv_tcp_bind(tcp, $0, 0) }
         if rc == 0 {
             rc = uv_listen(
@@ -59,6 +71,11 @@ final class Listener {
             link.close()
             return
         }
+        if !sameMachineCongestionControl.isEmpty, let remote = link.remoteAddress, !LinkTuning.isThisMachine(remote.host),
+            let system = LinkTuning.systemCongestionControl, let fd = link.fileDescriptor
+        {
+            LinkTuning.setCongestionControl(system, on: fd)
+        }
         link.authenticate(with: authenticator, client: false)
         onAccept(link)
     }
@@ -83,16 +100,22 @@ private final class ConnectRequest {
 
 enum Connector {
     /// Connects to `address`, retrying refused or failed attempts every `retrySeconds` until `deadline`.
-    /// On the loop thread.
+    /// A socket to an address of this machine uses `sameMachineCongestionControl` ("": the system's) from
+    /// its first packet (LinkTuning.swift). On the loop thread.
     /// - Returns: the connected link (not yet reading; its handshake started when there is an
     ///   `authenticator`), or throws the last failure's description wrapped by `onTimeout`.
     static func connect(
         loop: EventLoop, rank: Int, to address: SocketAddress, deadline: Deadline, retrySeconds: Double = 0.05,
-        authenticator: (any LinkAuthenticator)?, onTimeout: (_ lastFailure: String) -> ConcordError
+        authenticator: (any LinkAuthenticator)?, sameMachineCongestionControl: String = "",
+        onTimeout: (_ lastFailure: String) -> ConcordError
     ) throws -> PeerLink {
         var lastFailure = "no attempt finished"
+        let congestion = !sameMachineCongestionControl.isEmpty && LinkTuning.isThisMachine(address.host)
         while true {
-            let link = try PeerLink(loop: loop, rank: rank)
+            let link = try PeerLink(loop: loop, rank: rank, family: address.family)
+            if congestion, let fd = link.fileDescriptor {
+                LinkTuning.setCongestionControl(sameMachineCongestionControl, on: fd)
+            }
             let connect = ConnectRequest()
             connect.request.pointee.data = Unmanaged.passRetained(connect).toOpaque()
             let rc = address.withSockaddr {

@@ -111,11 +111,13 @@ final class PeerLink {
     /// Whether the peer has proven itself (true when no authenticator is configured).
     private(set) var isAuthenticated = true
 
-    init(loop: EventLoop, rank: Int) throws {
+    /// A link not yet connected; with a `family` (AF_INET, AF_INET6) its socket exists at once, so options
+    /// can be set before it connects.
+    init(loop: EventLoop, rank: Int, family: Int32 = AF_UNSPEC) throws {
         self.loop = loop
         self.rank = rank
         tcp = .allocate(capacity: 1)
-        let rc = uv_tcp_init(loop.loop, tcp)
+        let rc = uv_tcp_init_ex(loop.loop, tcp, UInt32(family))
         if rc < 0 {
             tcp.deallocate()
             headerScratch.deallocate()
@@ -144,6 +146,15 @@ final class PeerLink {
     var peerLabel: String { peerRank.map { "rank \($0)" } ?? (remoteAddress?.description ?? "an unknown peer") }
 
     var remoteAddress: SocketAddress? { address(uv_tcp_getpeername) }
+
+    /// The socket's file descriptor (nil before it has one).
+    var fileDescriptor: Int32? {
+        var fd: uv_os_fd_t = -1
+        return uv_fileno(tcp.asHandle, &fd) == 0 ? fd : nil
+    }
+
+    /// The congestion control of the socket (nil before it has one).
+    var congestionControl: String? { fileDescriptor.flatMap(LinkTuning.congestionControl(of:)) }
     var localAddress: SocketAddress? { address(uv_tcp_getsockname) }
 
     private func address(
@@ -161,6 +172,7 @@ final class PeerLink {
     /// TCP_NODELAY, keepalive probes every second, TCP_USER_TIMEOUT so a silent partition surfaces as an
     /// error in `timeout` seconds even while data is unacknowledged, and a fixed receive buffer of
     /// `receiveBuffer` bytes (0: the kernel's autotuning; see `UVTransport.defaultReceiveBufferBytes`).
+    /// (The congestion control is chosen where the socket is made: Connector, Listener.)
     func configure(timeout: Double, receiveBuffer: Int) {
         uv_tcp_nodelay(tcp, 1)
         uv_tcp_keepalive(tcp, 1, 1)

@@ -43,6 +43,8 @@ public struct JoinOptions: Sendable {
     public var spinMicroseconds = 50
     /// Bytes of every TCP link's receive buffer; 0: the kernel's autotuning (see `defaultReceiveBufferBytes`).
     public var receiveBufferBytes = UVTransport.defaultReceiveBufferBytes
+    /// Congestion control of TCP links to ranks on this machine ("": the system's; see LinkTuning.swift).
+    public var sameMachineCongestionControl = LinkTuning.defaultSameMachineCongestionControl
     /// This machine's name for the rendezvous: ranks that publish the same one share memory.
     public var node = UVTransport.nodeIdentity
     /// Authenticates every connection (store, ring, partners) before anything else crosses it; nil: none.
@@ -185,7 +187,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
         }
         let listener = try Listener(
             loop: loop, rank: rank, host: options.listenHost, port: options.listenPort,
-            inUseHint: "choose another ring port with CONCORD_PORT, or 0 for any free port")
+            inUseHint: "choose another ring port with CONCORD_PORT, or 0 for any free port",
+            sameMachineCongestionControl: options.sameMachineCongestionControl)
         listener.authenticator = options.authenticator
         listener.onAccept = { [unowned self] link in
             candidates[ObjectIdentifier(link)] = link
@@ -295,7 +298,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
         }
         let link = try Connector.connect(
             loop: loop, rank: rank, to: SocketAddress(host: host, port: port), deadline: deadline,
-            authenticator: options.authenticator
+            authenticator: options.authenticator, sameMachineCongestionControl: options.sameMachineCongestionControl
         ) { [rank, options] last in
             .peerLost(
                 rank: rank, peer: peer,
@@ -332,6 +335,12 @@ public final class UVTransport: Transport, @unchecked Sendable {
         if !missing.isEmpty {
             throw ConcordError.joinTimeout(rank: rank, missing: missing, seconds: options.joinTimeout)
         }
+    }
+
+    /// The congestion control of every TCP link (ring neighbours, then partners by rank), for tests.
+    package var linkCongestionControls: [String?] {
+        [left, right].compactMap { $0 }.map(\.congestionControl)
+            + partners.keys.sorted().map { partners[$0]!.congestionControl }
     }
 
     /// Which medium carries data to the right and from the left neighbour ("shm" or "tcp").

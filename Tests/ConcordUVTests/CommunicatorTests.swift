@@ -1,5 +1,6 @@
 import Concord
 import ConcordTestSupport
+import ConcordUV
 import Foundation
 import Testing
 
@@ -331,6 +332,34 @@ struct CommunicatorTests {
         #expect(data == [1, 2])
         comm.shutdownBlocking()
         #expect(throws: ConcordError.shutDown(rank: 0)) { try comm.allReduceBlocking(&data) }
+    }
+
+    @Test(
+        "links between ranks on one machine use reno, or the system's choice when told",
+        arguments: ["", "system"])
+    func sameMachineCongestionControl(setting: String) throws {
+        let system = try #require(LinkTuning.systemCongestionControl)
+        let port = freeTCPPort()
+        let results = withRanks(4, seconds: 60) { rank -> [String?] in
+            var configuration = Self.configuration(rank: rank, worldSize: 4, port: port, medium: .tcp)
+            if !setting.isEmpty {
+                configuration.sameMachineCongestionControl = try Configuration(
+                    environment: ["CONCORD_LOCAL_CONGESTION": setting]
+                ).sameMachineCongestionControl
+            }
+            let comm = try Communicator(blockingConfiguration: configuration)
+            var data: [Float] = [1, 2, 3]
+            try comm.allReduceBlocking(&data)
+            let names = comm.linkCongestionControls
+            comm.shutdownBlocking()
+            return names
+        }
+        let expected = setting.isEmpty ? "reno" : system
+        for (rank, result) in results.enumerated() {
+            let names = (try? result.get()) ?? []
+            // Two ring links and, at n = 4, the doubling partner rank XOR 2.
+            #expect(names.count == 3 && names.allSatisfy { $0 == expected }, "rank \(rank): \(result)")
+        }
     }
 
     @Test("a master port in use is a one-line error that says what to do")

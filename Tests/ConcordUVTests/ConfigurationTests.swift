@@ -52,6 +52,18 @@ struct ConfigurationTests {
         #expect(set.receiveBufferBytes == 0)
         let fixed = try Configuration(environment: ["CONCORD_SOCKET_BUFFER": "1048576"])
         #expect(fixed.receiveBufferBytes == 1 << 20)
+        #expect(defaults.sameMachineCongestionControl == nil)
+        #expect(try Configuration(environment: ["CONCORD_LOCAL_CONGESTION": "system"]).sameMachineCongestionControl == "")
+        #expect(try Configuration(environment: ["CONCORD_LOCAL_CONGESTION": "reno"]).sameMachineCongestionControl == "reno")
+    }
+
+    @Test("loopback and this machine's interface addresses are this machine; others are not")
+    func thisMachine() {
+        #expect(LinkTuning.isThisMachine("127.0.0.1") && LinkTuning.isThisMachine("127.3.4.5"))
+        #expect(LinkTuning.isThisMachine("::1") && LinkTuning.isThisMachine("::ffff:127.0.0.1"))
+        #expect(!LinkTuning.isThisMachine("192.0.2.7"))  // TEST-NET-1: never assigned to a machine
+        #expect(!LinkTuning.isThisMachine("2001:db8::7"))  // documentation range
+        #expect(LinkTuning.availableCongestionControls.contains("reno"))
     }
 
     @Test("the default receive buffer is 4 MiB only where net.core.rmem_max allows it")
@@ -75,6 +87,7 @@ struct ConfigurationTests {
             (["CONCORD_SPIN_US": "fast"], "CONCORD_SPIN_US"),
             (["CONCORD_SOCKET_BUFFER": "-1"], "CONCORD_SOCKET_BUFFER"),
             (["CONCORD_SOCKET_BUFFER": "4M"], "CONCORD_SOCKET_BUFFER"),
+            (["CONCORD_LOCAL_CONGESTION": "warp"], "CONCORD_LOCAL_CONGESTION=warp is not a congestion control"),
         ]
         for (environment, expected) in cases {
             do {
