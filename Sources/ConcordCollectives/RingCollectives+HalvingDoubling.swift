@@ -18,9 +18,11 @@
 // Where it runs (power-of-two n, partner links open, i.e. not when every ring link is shared memory):
 //   - up to `defaultHalvingBytes` (2 MiB) always;
 //   - at any size when all ranks share one machine. There no link crosses a network, and on 2 cores it
-//     beats the pipelined ring or ties with it, on less CPU (A/B, 9 rounds, medians, TCP: n = 4: 4 MiB
-//     8.1 ms against 8.8, CPU per call 3.4 against 4.2 ms; 16 and 64 MiB the same time, 9% and 6% less
-//     CPU; n = 8: 4 MiB 18.2 ms against 24.8, 16 MiB the same time, 13% less CPU).
+//     beats the pipelined ring or ties with it (A/B over TCP, medians; halving-doubling against the ring:
+//     n = 4, 7 rounds: 4 MiB 3.8 ms against 4.3, 16 MiB 16.7 against 17.5, 64 MiB 95 against 100 in one
+//     run and 93 against 89 in another; n = 8, 5 rounds: 4 MiB 9.8 ms against 13.0, 16 MiB 59 against
+//     56, 64 MiB 231 against 236). Measured the same way before links on one machine used reno (see
+//     ConcordUV/LinkTuning.swift), it was ahead too, with 6-13% less CPU above 4 MiB.
 //   - Across machines, larger buffers take the ring. On two switches joined by a trunk (ranks 0-1 on
 //     one, 2-3 on the other), the exchanges at distance n/2 put 2·S over the trunk each way where the
 //     ring puts 1.5·S.
