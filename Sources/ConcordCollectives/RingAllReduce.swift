@@ -30,7 +30,7 @@ import ConcordKernels
 public enum RingCollectives {
     /// Default largest segment: 1 MiB, chosen by `concord-bench allreduce --segment` (see docs/algorithms.md).
     public static let defaultSegmentBytes = 1 << 20
-    /// Smallest segment worth cutting a chunk into for pipelining (see `RingSchedule.pipelineDepth`).
+    /// Smallest segment worth cutting a chunk into for pipelining (see `RingSchedule.pipelineDepth(worldSize:)`).
     package static let pipelineSegmentBytes = 64 << 10
     /// Receives kept posted ahead of the one being waited on.
     package static let receiveWindow = 2
