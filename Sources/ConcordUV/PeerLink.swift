@@ -149,6 +149,7 @@ final class PeerLink {
     var peerLabel: String { peerRank.map { "rank \($0)" } ?? (remoteAddress?.description ?? "an unknown peer") }
 
     var remoteAddress: SocketAddress? { address(uv_tcp_getpeername) }
+    var localAddress: SocketAddress? { address(uv_tcp_getsockname) }
 
     /// The socket's file descriptor (nil before it has one).
     var fileDescriptor: Int32? {
@@ -158,7 +159,6 @@ final class PeerLink {
 
     /// The congestion control of the socket (nil before it has one).
     var congestionControl: String? { fileDescriptor.flatMap(LinkTuning.congestionControl(of:)) }
-    var localAddress: SocketAddress? { address(uv_tcp_getsockname) }
 
     private func address(
         _ get: (UnsafePointer<uv_tcp_t>?, UnsafeMutablePointer<sockaddr>?, UnsafeMutablePointer<Int32>?) -> Int32
