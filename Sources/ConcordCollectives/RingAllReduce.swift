@@ -8,6 +8,13 @@
 // As soon as unit u is received, the send of unit u+k (the same segment one step further) can go,
 // while the segment is still in cache, and the reduction of one segment overlaps the transfer of others.
 //
+// At n = 2 over TCP a chunk is cut only by the segment size, not for pipelining: each rank's sends, receives
+// and reduction share its one thread, each link carries the reduce-scatter and then the all-gather, and a
+// frame's bytes are combined as they arrive anyway, so more frames only cost more (A/B, N = 2, 9 rounds,
+// medians: 256 KiB 87 µs against 109 with 4 segments, 1 MiB 325 against 375, 2 MiB 666 against 727; the
+// same time on 2 Gbit/s links in the namespace lab). Over shared memory, where the two ranks copy in and
+// out of the channel at once, pipelining pays (1 MiB: 266 µs with 4 segments against 466 with 1).
+//
 // Cost per rank: 2(n-1) chunk sends and receives = 2·S·(n-1)/n bytes each way, (n-1)·S/n element
 // combines, 2(n-1)·k frames; busbw = algbw · 2(n-1)/n. A world of one rank returns at once; a
 // zero-element collective still sends one empty frame per step, so ranks that disagree on the count fail
@@ -30,7 +37,7 @@ import ConcordKernels
 public enum RingCollectives {
     /// Default largest segment: 1 MiB, chosen by `concord-bench allreduce --segment` (see docs/algorithms.md).
     public static let defaultSegmentBytes = 1 << 20
-    /// Smallest segment worth cutting a chunk into for pipelining (see `RingSchedule.pipelineDepth(worldSize:)`).
+    /// Smallest segment worth cutting a chunk into for pipelining (see `RingSchedule.pipelineDepth`).
     package static let pipelineSegmentBytes = 64 << 10
     /// Receives kept posted ahead of the one being waited on.
     package static let receiveWindow = 2
@@ -70,7 +77,7 @@ public enum RingCollectives {
         }
         let plan = RingSchedule(
             worldSize: n, rank: transport.rank, count: count, segmentElements: segmentElements(segmentBytes, size),
-            pipelineElements: pipelineSegmentBytes / size)
+            pipelineElements: n == 2 && !transport.ringLinksAreFaster ? 0 : pipelineSegmentBytes / size)
         let pipeline = RingPipeline(
             plan: plan, order: plan.wireOrder(), transport: transport, kind: .allReduce, sequence: sequence,
             dataType: dataType, op: op, count: count)

@@ -525,8 +525,7 @@ package struct CompressedRingPlan: Sendable, Equatable {
         let largestGrains = (largestChunk + grain - 1) / grain
         let bySize = (largestGrains + grainsPerSegment - 1) / grainsPerSegment
         let forPipeline = min(
-            RingSchedule.pipelineDepth(worldSize: n), largestChunk * 4 / RingCollectives.pipelineSegmentBytes,
-            largestGrains)
+            RingSchedule.pipelineDepth, largestChunk * 4 / RingCollectives.pipelineSegmentBytes, largestGrains)
         let k = max(1, bySize, forPipeline)
         self.segmentsPerChunk = k
         self.schedule = RingSchedule(

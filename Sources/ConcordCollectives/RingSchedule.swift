@@ -7,8 +7,8 @@
 //            (the first count % n chunks get one element more). Chunk c ends up reduced on rank
 //            c-1-rotation (see *rotation*).
 //   segment  each chunk is cut again into k segments, the unit of a frame on the wire: enough that none
-//            exceeds the segment size, and at least `pipelineDepth(worldSize:)` when the chunk is large
-//            enough; every chunk has the same k, so all ranks agree on the frame sequence.
+//            exceeds the segment size, and at least `pipelineDepth` when the chunk is large enough;
+//            every chunk has the same k, so all ranks agree on the frame sequence.
 //   step     one round of the ring: every rank sends one chunk to its right and receives one from its left.
 //   unit     (phase, step, segment): the i-th frame a rank sends and the i-th frame it receives.
 //   rotation a turn of the chunk numbering. With rotation 0 (all-reduce) rank r owns chunk r+1 after
@@ -59,8 +59,8 @@ public struct RingSchedule: Sendable, Equatable {
 
     /// - Parameters:
     ///   - segmentElements: the largest number of elements one segment may carry (at least 1).
-    ///   - pipelineElements: chunks of at least `pipelineDepth(worldSize:)` times this many elements are cut into
-    ///     at least that many segments, so mid-sized buffers pipeline too (0: only `segmentElements`
+    ///   - pipelineElements: chunks of at least `pipelineDepth` times this many elements are cut into at
+    ///     least `pipelineDepth` segments, so mid-sized buffers pipeline too (0: only `segmentElements`
     ///     decides).
     ///   - phases: the phases to run, a non-empty ordered subset of `RingPhase.allCases`.
     ///   - rotation: see `rotation`; -1 makes rank r own chunk r.
@@ -80,18 +80,12 @@ public struct RingSchedule: Sendable, Equatable {
         self.rotation = rotation
         let largestChunk = (count + worldSize - 1) / worldSize
         let bySize = (largestChunk + segmentElements - 1) / segmentElements
-        let depth = Self.pipelineDepth(worldSize: worldSize)
-        let forPipeline = pipelineElements > 0 ? min(depth, largestChunk / pipelineElements) : 0
+        let forPipeline = pipelineElements > 0 ? min(Self.pipelineDepth, largestChunk / pipelineElements) : 0
         self.segmentsPerChunk = max(1, bySize, forPipeline)
     }
 
-    /// Segments per chunk that a large enough chunk is cut into at least: 4, so that a segment is forwarded
-    /// while the next one arrives; 1 at n = 2, where there is nothing to overlap. There each rank's sends,
-    /// receives and reduction share its one thread, each link carries the reduce-scatter and then the
-    /// all-gather, and more frames only cost more: loopback, 2 cores (A/B, 9 rounds, medians): 256 KiB
-    /// 87 µs against 109, 1 MiB 325 against 375, 2 MiB 666 against 727; the same time in the namespace lab
-    /// (2 Gbit/s links).
-    public static func pipelineDepth(worldSize: Int) -> Int { worldSize == 2 ? 1 : 4 }
+    /// Segments per chunk that a large enough chunk is cut into at least.
+    public static let pipelineDepth = 4
 
     public var left: Int { (rank + worldSize - 1) % worldSize }
     public var right: Int { (rank + 1) % worldSize }

@@ -121,6 +121,23 @@ struct InMemoryAllReduceTests {
         }
     }
 
+    @Test("at n = 2 a chunk is cut by the segment size only, not for pipelining")
+    func noPipelineAtTwo() {
+        let count = 1 << 18  // 1 MiB of floats: chunks of 512 KiB, which n = 3 would cut in 4
+        let world = InMemoryWorld(worldSize: 2, timeout: 20)
+        let results = withRanks(2, seconds: 60) { rank in
+            var data = (0..<count).map { distinctValue(rank: rank, index: $0) }
+            try data.withUnsafeMutableBytes { bytes in
+                try RingCollectives.allReduce(
+                    bytes, count: count, dataType: .float32, op: .sum, sequence: 1, transport: world.transport(rank: rank))
+            }
+            return data
+        }
+        Self.check(results, ranks: 2, count: count)
+        // One reduce-scatter frame and one all-gather frame each way.
+        #expect(world.framesSent(from: 0, to: 1) == 2 && world.framesSent(from: 1, to: 0) == 2)
+    }
+
     @Test("many small segments per chunk", arguments: [2, 3, 5])
     func smallSegments(ranks n: Int) {
         for (count, segment) in [(37, 4), (1000, 12), (4099, 64)] {

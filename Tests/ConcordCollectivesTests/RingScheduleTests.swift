@@ -154,13 +154,11 @@ struct RingScheduleTests {
         #expect(RingCollectives.scratchSegments(plan: wide, order: wide.wireOrder(), lag: lag) > 30)
     }
 
-    @Test("large chunks are cut into at least pipelineDepth segments (none at n = 2), never below the pipeline size")
+    @Test("large chunks are cut into at least pipelineDepth segments, never below the pipeline size")
     func pipelineSegments() {
-        let deep = RingSchedule(worldSize: 3, rank: 0, count: 3 << 20, segmentElements: 1 << 30, pipelineElements: 1024)
-        #expect(deep.segmentsPerChunk == RingSchedule.pipelineDepth(worldSize: 3) && deep.segmentsPerChunk == 4)
-        let pair = RingSchedule(worldSize: 2, rank: 0, count: 1 << 20, segmentElements: 1 << 30, pipelineElements: 1024)
-        #expect(pair.segmentsPerChunk == 1)
-        let small = RingSchedule(worldSize: 3, rank: 0, count: 4500, segmentElements: 1 << 30, pipelineElements: 1024)
+        let deep = RingSchedule(worldSize: 2, rank: 0, count: 1 << 20, segmentElements: 1 << 30, pipelineElements: 1024)
+        #expect(deep.segmentsPerChunk == RingSchedule.pipelineDepth)
+        let small = RingSchedule(worldSize: 2, rank: 0, count: 3000, segmentElements: 1 << 30, pipelineElements: 1024)
         #expect(small.segmentsPerChunk == 1)
         let bySize = RingSchedule(worldSize: 2, rank: 0, count: 1 << 20, segmentElements: 1000, pipelineElements: 1024)
         #expect(bySize.segmentsPerChunk == (1 << 19 + 999) / 1000)
