@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -203,6 +204,35 @@ def shared_memory_btl():
     return "sm" if re.search(r"MCA btl: sm\b", text) else "vader"
 
 
+# ---------------------------------------------------------------------------------------------- noise
+
+def cpu_snapshot():
+    """(busy seconds of user+nice+system over all CPUs, steal seconds, total seconds) from /proc/stat, and
+    the CPU seconds of this script's finished children; None where unreadable."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    mine = children.ru_utime + children.ru_stime
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None, mine
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return ((user + nice + system) / hz, steal / hz, sum(fields[:8]) / hz), mine
+
+
+def noise(before, after):
+    """The share of all CPU time the host stole and the share other processes used while the script ran
+    (busy time minus its own children's), or None. The load average cannot tell: the runs themselves
+    keep it high."""
+    (b, b_mine), (a, a_mine) = before, after
+    if b is None or a is None or a[2] <= b[2]:
+        return None
+    total = a[2] - b[2]
+    others = max(0.0, (a[0] - b[0]) - (a_mine - b_mine))
+    return {"steal": (a[1] - b[1]) / total, "others": others / total}
+
+
 # ---------------------------------------------------------------------------------------------- results
 
 def medians(samples):
@@ -346,6 +376,7 @@ def main():
     runs, samples = [], []
     iterations = {}  # (system, n, sweep) -> iterations for the next round
     start = time.monotonic()
+    cpu_before = cpu_snapshot()
     try:
         for r in range(1, args.rounds + 1):
             for n in ns:
@@ -387,10 +418,13 @@ def main():
             print(f"  round {f['round']} N={f['ranks']} {f['system']} {f['sizes'][0]}-{f['sizes'][1]}: {f['error']}")
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "kernel": platform.release(), "rounds": args.rounds, "ranks": ns,
-            "sweeps": [list(s) for s in SWEEPS], "row_seconds": args.row_seconds, "load_before": load, "load_after": os.getloadavg()[0],
-            "mpi_shm_btl": runner.shm_btl, "seconds": round(time.monotonic() - start, 1)}
-    if meta["load_after"] > 0.5 * os.cpu_count():
-        print(f"warning: the machine was busy (load {meta['load_after']:.1f} at the end): expect noisy numbers")
+            "sweeps": [list(s) for s in SWEEPS], "row_seconds": args.row_seconds, "load_before": load,
+            "mpi_shm_btl": runner.shm_btl, "seconds": round(time.monotonic() - start, 1),
+            "noise": noise(cpu_before, cpu_snapshot())}
+    if meta["noise"]:
+        steal, others = meta["noise"]["steal"], meta["noise"]["others"]
+        print(f"during the runs the host stole {100 * steal:.0f}% of the CPU and other processes used {100 * others:.0f}%"
+              + (": expect noisy numbers" if steal > 0.1 or others > 0.1 else ""))
     paths = {name: os.path.join(args.out, name) for name in ("compare.json", "compare.txt", "compare.svg")}
     with open(paths["compare.json"], "w") as f:
         json.dump({"meta": meta, "runs": runs, "samples": samples, "medians": med}, f, indent=1)
