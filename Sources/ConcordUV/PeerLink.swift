@@ -12,10 +12,10 @@
 // one read for each header, each payload and a last one that finds the socket empty (measured: 5.4
 // reads per 4 KiB all-reduce at N = 4 before). Reducing receives combine straight out of the inbox into
 // the caller's buffer. A plain receive with at least 16 KiB still to come and nothing buffered is read
-// straight into the caller's buffer instead (no copy); while such a receive is the next one, a read stops
-// at the end of the next header, so that its payload does not pass through the inbox (one more read per
-// frame instead of a copy of up to 64 KiB; A/B: 4-13% less time from 256 KiB to 16 MiB at N = 2 and 4,
-// except 64 MiB at N = 4, +3%).
+// straight into the caller's buffer instead (no copy); while such a receive of at least 64 KiB is the next
+// one, a read stops at the end of the next header, so that its payload does not pass through the inbox
+// (one more read per frame instead of a copy of up to 64 KiB; A/B at N = 2, 7 rounds: 1 MiB 328 µs against
+// 354; 16 KiB frames were slower with it, 16.9 against 14.2 µs).
 // A small data frame that arrives before its receive is posted (the peer is already in its next step) is
 // read into a heap buffer of its own, up to `earlyFrameBytes` per link, and handed over when the receive
 // is posted: the reader keeps going, which saves the epoll_ctl pair and the extra wake-up of stopping and
@@ -305,10 +305,11 @@ final class PeerLink {
         }
         var room = Self.inboxBytes - inboxEnd
         if case .header = state, receiveHead < receives.count, receives[receiveHead].reducer == nil,
-            receives[receiveHead].tag.byteCount >= Self.directReadBytes
+            receives[receiveHead].tag.byteCount >= Self.inboxBytes
         {
             // The next frame is most likely this large plain receive's: read no more than its header, so
-            // that its payload goes straight to the caller's memory instead of through the inbox.
+            // that its payload goes straight to the caller's memory instead of through the inbox. (Below
+            // the inbox's size the extra read costs more than the copy it saves.)
             room = min(room, max(1, FrameHeader.size - inboxEnd))
         }
         buf.pointee = uv_buf_init((inbox! + inboxEnd).assumingMemoryBound(to: CChar.self), UInt32(room))
