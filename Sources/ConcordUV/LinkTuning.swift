@@ -18,17 +18,16 @@
 //     reno                371      1469     5917     29.9              1082     3790    16.7      90
 //   4 to 256 KiB: the same within the noise (9 rounds at 64 and 256 KiB, N = 2).
 //
-// So links to ranks on this machine use reno, whose window grows until the receive buffer bounds it (cubic
-// did no better: its delay-based slow-start exit leaves the window small on microsecond round trips; N = 4,
-// 1 MiB: 2.2 ms). With cubic as the system's default, reno gains little (N = 4, 4 MiB: 4.6 -> 4.0 ms; the
-// rest within the noise). The choice is made before the socket connects or listens (accepted sockets
-// inherit the listener's): switched on an established connection, a socket that ran BBR keeps pacing
-// (about 2800 pacing timers a second remained; 64 MiB at N = 4 was 15% slower). Links to other machines
-// keep the system's choice (an accepted one is switched back to it): there congestion is real, and BBR may
-// be what the network needs. "This machine" is decided by address: loopback, or an address of one of its
-// interfaces (the namespaces of the lab are separate machines). Every user may set reno (Linux always
-// allows it); a name the system refuses leaves the socket as it was. `CONCORD_LOCAL_CONGESTION` chooses
-// another one, or `system`.
+// So links to ranks on this machine use reno, whose window grows until the receive buffer bounds it (cubic was
+// worse than BBR: its delay-based slow-start exit leaves the window small on microsecond round trips; N = 4, 1 MiB:
+// 2.2 ms against 1.5). With cubic as the system's default, reno gains little (N = 4, 4 MiB: 4.6 -> 4.0 ms; the rest
+// within the noise). The choice is made before the socket connects or listens (accepted sockets inherit the
+// listener's): switched on an established connection, a socket that ran BBR keeps pacing (about 2800 pacing timers
+// a second remained; 64 MiB at N = 4 was 15% slower). Links to other machines keep the system's choice (an accepted
+// one is switched back to it): there congestion is real, and BBR may be what the network needs. "This machine" is
+// decided by address: loopback, or an address of one of its interfaces (the namespaces of the lab are separate
+// machines). Every user may set reno (Linux always allows it); a name the system refuses leaves the socket as it
+// was. `CONCORD_LOCAL_CONGESTION` chooses another one, or `system`.
 import Foundation
 
 package enum LinkTuning {
