@@ -119,10 +119,17 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private var isClosed = false
 
     /// The machine of every rank (`nodeIdentity` as each published it); ranks on one machine share it.
-    public private(set) var nodes: [String] = []
+    public private(set) var nodes: [String] = [] {
+        didSet {
+            sameNode = nodes.indices.contains(rank) ? nodes.map { $0 == nodes[rank] } : []
+            ranksShareOneMachine = !nodes.isEmpty && !sameNode.contains(false)
+        }
+    }
+    /// Whether each rank runs on this rank's machine (from `nodes`, so not recomputed per transfer).
+    private var sameNode: [Bool] = []
 
     /// Ranks running on this rank's machine, itself included.
-    public var ranksOnThisNode: Int { max(1, nodes.filter { $0 == options.node }.count) }
+    public var ranksOnThisNode: Int { max(1, sameNode.filter { $0 }.count) }
 
     /// Identifies this machine: the host name and the kernel's boot id (two containers on one host, which
     /// cannot share memory, have different host names).
@@ -279,7 +286,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
     /// still chooses alike).
     public var ringLinksAreFaster: Bool { options.medium != .tcp && ranksShareOneMachine }
 
-    public var ranksShareOneMachine: Bool { Set(nodes).count == 1 }
+    public private(set) var ranksShareOneMachine = false
 
     /// The partners of recursive doubling (rank XOR 1, 2, 4, …) when the world size is a power of two; the
     /// ring neighbours among them need no link of their own.
@@ -421,7 +428,7 @@ public final class UVTransport: Transport, @unchecked Sendable {
 
     private func newTransfer(bytes: Int, peer: Int, shared: Bool) -> Int {
         nextID += 1
-        let local = nodes.indices.contains(peer) && nodes.indices.contains(rank) && nodes[peer] == nodes[rank]
+        let local = sameNode.indices.contains(peer) && sameNode[peer]
         outstanding.append((nextID, bytes, shared, local))
         return nextID
     }
