@@ -71,7 +71,7 @@ public enum RingCollectives {
             return try smallAllReduce(
                 buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
         }
-        if count * size <= halvingBytes || transport.ranksShareOneMachine, doublingPartners(transport) != nil {
+        if count * size <= halvingBytes || transport.ranksShareOneMachine, doublingApplies(transport) {
             return try halvingDoublingAllReduce(
                 buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
         }

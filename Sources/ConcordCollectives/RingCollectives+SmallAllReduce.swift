@@ -22,13 +22,17 @@ extension RingCollectives {
     /// Buffers of at most this many bytes are all-reduced by passing whole buffers (see the file comment).
     public static let defaultGatherBytes = 16 << 10
 
-    /// The partners of recursive doubling, or nil when it does not apply (n not a power of two above 2, a
-    /// partner the transport cannot reach, or ring links faster than the others).
-    static func doublingPartners(_ transport: Transport) -> [Int]? {
+    /// Whether recursive doubling applies: n a power of two above 2, every partner (rank XOR 2^k) reachable,
+    /// and ring links no faster than the others. Checked on every call, so it allocates nothing.
+    static func doublingApplies(_ transport: Transport) -> Bool {
         let n = transport.worldSize
-        guard n > 2, n & (n - 1) == 0, !transport.ringLinksAreFaster else { return nil }
-        let partners = sequence(first: 1, next: { $0 * 2 }).prefix { $0 < n }.map { transport.rank ^ $0 }
-        return partners.allSatisfy { transport.isConnected(to: $0) } ? partners : nil
+        guard n > 2, n & (n - 1) == 0, !transport.ringLinksAreFaster else { return false }
+        var distance = 1
+        while distance < n {
+            guard transport.isConnected(to: transport.rank ^ distance) else { return false }
+            distance <<= 1
+        }
+        return true
     }
 
     /// All-reduce of a small buffer: recursive doubling where it applies, else the gathering ring.
@@ -36,10 +40,9 @@ extension RingCollectives {
         _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
         sequence: UInt64, transport: Transport
     ) throws {
-        if let partners = doublingPartners(transport) {
+        if doublingApplies(transport) {
             try doublingAllReduce(
-                buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,
-                partners: partners)
+                buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
         } else {
             try gatheringAllReduce(
                 buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport)
@@ -47,19 +50,33 @@ extension RingCollectives {
     }
 
     /// Recursive doubling: swap with each partner in turn, combining lower rank's value ⊕ higher's.
+    /// The scratch lives on the stack where it fits (buffers here are at most a few KiB): no allocation.
     static func doublingAllReduce(
         _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
-        sequence: UInt64, transport: Transport, partners: [Int]
+        sequence: UInt64, transport: Transport
     ) throws {
         let bytes = count * dataType.size
-        let theirs = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, bytes), alignment: 64)
-        defer { theirs.deallocate() }
+        try withUnsafeTemporaryAllocation(byteCount: max(1, bytes), alignment: 64) { theirs in
+            try doublingAllReduce(
+                buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,
+                scratch: theirs)
+        }
+    }
+
+    private static func doublingAllReduce(
+        _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
+        sequence: UInt64, transport: Transport, scratch theirs: UnsafeMutableRawBufferPointer
+    ) throws {
+        let bytes = count * dataType.size
         let tag = SegmentTag(
             collective: .allReduce, sequence: sequence, dataType: dataType, op: op, count: count, offset: 0,
             length: count)
         let reducer = ReduceKernels.reducer(op: op, dataType: dataType)
         let mine = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<bytes])
-        for partner in partners {
+        var distance = 1
+        while distance < transport.worldSize {
+            let partner = transport.rank ^ distance
+            distance <<= 1
             let receive = try transport.receive(
                 from: partner, tag: tag, into: UnsafeMutableRawBufferPointer(rebasing: theirs[0..<bytes]), reducer: nil)
             let send = try transport.send(to: partner, tag: tag, from: UnsafeRawBufferPointer(mine))
@@ -84,8 +101,23 @@ extension RingCollectives {
         let n = transport.worldSize
         let rank = transport.rank
         let bytes = count * dataType.size
-        let blocks = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, n * bytes), alignment: 64)
-        defer { blocks.deallocate() }
+        try withUnsafeTemporaryAllocation(byteCount: max(1, n * bytes), alignment: 64) { blocks in
+            try withUnsafeTemporaryAllocation(of: TransferID.self, capacity: n - 1) { receives in
+                try gatheringAllReduce(
+                    buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,
+                    blocks: blocks, receives: receives)
+            }
+        }
+    }
+
+    private static func gatheringAllReduce(
+        _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
+        sequence: UInt64, transport: Transport, blocks: UnsafeMutableRawBufferPointer,
+        receives: UnsafeMutableBufferPointer<TransferID>
+    ) throws {
+        let n = transport.worldSize
+        let rank = transport.rank
+        let bytes = count * dataType.size
         func block(_ r: Int) -> UnsafeMutableRawBufferPointer {
             UnsafeMutableRawBufferPointer(rebasing: blocks[(r * bytes)..<((r + 1) * bytes)])
         }
@@ -96,8 +128,10 @@ extension RingCollectives {
         let left = (rank + n - 1) % n
         let right = (rank + 1) % n
         // Every receive goes into a block of its own, so all of them can be posted at once.
-        let receives = try (0..<(n - 1)).map { step in
-            try transport.receive(from: left, tag: tag, into: block((rank - step - 1 + n) % n), reducer: nil)
+        for step in 0..<(n - 1) {
+            receives.initializeElement(
+                at: step,
+                to: try transport.receive(from: left, tag: tag, into: block((rank - step - 1 + n) % n), reducer: nil))
         }
         for step in 0..<(n - 1) {
             _ = try transport.send(to: right, tag: tag, from: UnsafeRawBufferPointer(block((rank - step + n) % n)))

@@ -75,8 +75,9 @@ final class PeerLink {
     private(set) var isClosing = false
     /// Set by the owner when an end of stream is expected (the peer said bye).
     var peerSaidBye = false
-    private(set) var lastHeard = ContinuousClock.now
-    private(set) var lastWritten = ContinuousClock.now
+    /// When a byte last came in and a frame last went out (`EventLoop.coarseNanoseconds`), for liveness.
+    private(set) var lastHeard = EventLoop.coarseNanoseconds()
+    private(set) var lastWritten = EventLoop.coarseNanoseconds()
     private(set) var pendingWrites = 0
 
     private enum ReadState {
@@ -92,6 +93,8 @@ final class PeerLink {
     private var controlBytes: UnsafeMutableRawPointer?
     /// The header of a frame written at once (`uv_try_write`); a queued write keeps its own copy.
     private let headerScratch = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
+    /// The two buffers (header, payload) of a frame written at once: no array is built per frame.
+    private let tryBuffers = UnsafeMutablePointer<uv_buf_t>.allocate(capacity: 2)
     /// Bytes read and not yet parsed are `inbox[inboxStart..<inboxEnd]` (allocated at the first read).
     private var inbox: UnsafeMutableRawPointer?
     private var inboxStart = 0
@@ -122,8 +125,7 @@ final class PeerLink {
         tcp = .allocate(capacity: 1)
         let rc = uv_tcp_init_ex(loop.loop, tcp, UInt32(family))
         if rc < 0 {
-            tcp.deallocate()
-            headerScratch.deallocate()
+            tcp.deallocate()  // the rest is freed by deinit, which runs when a fully initialized init throws
             try uvCheck(rc, "uv_tcp_init", rank: rank)
         }
         tcp.pointee.data = Unmanaged.passRetained(self).toOpaque()
@@ -132,6 +134,7 @@ final class PeerLink {
     deinit {
         controlBytes?.deallocate()
         headerScratch.deallocate()
+        tryBuffers.deallocate()
         inbox?.deallocate()
         dropEarlyFrames()
     }
@@ -258,7 +261,7 @@ final class PeerLink {
         receives.append(receive)
         if case .parked(let header) = state {
             state = .header
-            lastHeard = .now
+            lastHeard = EventLoop.coarseNanoseconds()
             begin(data: header)
             parseInbox()
             startReading()
@@ -335,7 +338,7 @@ final class PeerLink {
             return
         }
         if n == 0 { return }
-        lastHeard = .now
+        lastHeard = EventLoop.coarseNanoseconds()
         if readingDirect {
             guard case .data(let header, let got) = state else { return }
             receives[receiveHead].done += n
@@ -586,16 +589,17 @@ final class PeerLink {
         var written = 0
         if pendingWrites == 0 && control.isEmpty {
             header.encode(into: headerScratch)
-            var buffers = [uv_buf_t(base: headerScratch.assumingMemoryBound(to: CChar.self), len: FrameHeader.size)]
+            tryBuffers[0] = uv_buf_t(base: headerScratch.assumingMemoryBound(to: CChar.self), len: FrameHeader.size)
+            var count: UInt32 = 1
             if let payload, payloadCount > 0 {
-                buffers.append(
-                    uv_buf_t(
-                        base: UnsafeMutableRawPointer(mutating: payload.baseAddress!).assumingMemoryBound(to: CChar.self),
-                        len: payloadCount))
+                tryBuffers[1] = uv_buf_t(
+                    base: UnsafeMutableRawPointer(mutating: payload.baseAddress!).assumingMemoryBound(to: CChar.self),
+                    len: payloadCount)
+                count = 2
             }
-            let rc = uv_try_write(tcp.asStream, &buffers, UInt32(buffers.count))
+            let rc = uv_try_write(tcp.asStream, tryBuffers, count)
             if rc == Int32(headerCount + payloadCount) {
-                lastWritten = .now
+                lastWritten = EventLoop.coarseNanoseconds()
                 if let transfer { delegate?.transferCompleted(transfer) }
                 return true
             }
@@ -640,7 +644,7 @@ final class PeerLink {
             }
             return false
         }
-        lastWritten = .now
+        lastWritten = EventLoop.coarseNanoseconds()
         return true
     }
 

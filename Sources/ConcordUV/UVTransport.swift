@@ -91,10 +91,9 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private var refusal: String?
     private var tickID: Int?
     private var nextID = 0
-    private var completed = Set<Int>()
-    /// Posted transfers not yet waited for, with their payload bytes and whether they go through shared
-    /// memory, in posting order.
-    private var outstanding: [(id: Int, bytes: Int, shared: Bool, local: Bool)] = []
+    /// Posted transfers not yet waited for, in posting order (so by id): their payload bytes, whether they
+    /// go through shared memory or to a peer on this machine, and whether they completed.
+    private var outstanding: [(id: Int, bytes: Int, shared: Bool, local: Bool, done: Bool)] = []
     /// Microseconds a wait for a small transfer polls before sleeping (see `EventLoop.run(until:)`);
     /// at least 1000 with yields when ranks outnumber cores on this machine.
     public private(set) var spinMicroseconds = 0
@@ -429,30 +428,31 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private func newTransfer(bytes: Int, peer: Int, shared: Bool) -> Int {
         nextID += 1
         let local = sameNode.indices.contains(peer) && sameNode[peer]
-        outstanding.append((nextID, bytes, shared, local))
+        outstanding.append((nextID, bytes, shared, local, false))
         return nextID
     }
 
     public func wait(_ transfer: TransferID) throws {
         try checkUsable()
-        let entry = outstanding.first { $0.id == transfer.raw }
-        let small = entry.map { $0.shared || $0.bytes <= spinLimitBytes } ?? true
-        let local = entry?.local ?? false
-        loop.spinMicroseconds = small ? spinMicroseconds : local ? largeSpinMicroseconds : 0
+        // Not outstanding: waited for already.
+        guard let index = outstanding.firstIndex(where: { $0.id == transfer.raw }) else { return }
+        let entry = outstanding[index]
+        let small = entry.shared || entry.bytes <= spinLimitBytes
+        loop.spinMicroseconds = small ? spinMicroseconds : entry.local ? largeSpinMicroseconds : 0
         loop.yieldWhileSpinning = oversubscribed || !small
-        // Bounded: the tick fails a silent link after the peer timeout, which ends this wait.
+        // Bounded: the tick fails a silent link after the peer timeout, which ends this wait. Nothing
+        // removes entries while the loop runs, so `index` stays valid.
         loop.run(
             until: {
                 self.pumpSharedMemory()
-                return self.completed.contains(transfer.raw) || self.failure != nil
+                return self.outstanding[index].done || self.failure != nil
             }, deadline: .never,
             prepareToBlock: { (self.sharedOut?.prepareToBlock() ?? true) && (self.sharedIn?.prepareToBlock() ?? true) })
         if let failure {
             quiesce()
             throw failure
         }
-        completed.remove(transfer.raw)
-        outstanding.removeAll { $0.id == transfer.raw }
+        outstanding.remove(at: index)
     }
 
     /// Moves bytes through the shared-memory links, if any.
@@ -505,18 +505,17 @@ public final class UVTransport: Transport, @unchecked Sendable {
         closeSharedMemory()
         loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 } }, deadline: .after(seconds: 1))
         outstanding.removeAll()
-        completed.removeAll()
     }
 
     private func tick() {
-        let now = ContinuousClock.now
-        let heartbeat = Duration.seconds(min(1, options.peerTimeout / 4))
-        let silence = Duration.seconds(options.peerTimeout)
+        let now = EventLoop.coarseNanoseconds()
+        let heartbeat = UInt64(min(1, options.peerTimeout / 4) * 1e9)
+        let silence = UInt64(min(options.peerTimeout, 1e9) * 1e9)  // at most ~30 years: "never", without a trap
         for link in links where link.failure == nil && !link.isClosing {
-            if link.pendingWrites == 0 && now - link.lastWritten >= heartbeat {
+            if link.pendingWrites == 0 && now - min(now, link.lastWritten) >= heartbeat {
                 link.write(FrameHeader(kind: .heartbeat, sender: rank))
             }
-            if !link.isParked && now - link.lastHeard > silence {
+            if !link.isParked && now - min(now, link.lastHeard) > silence {
                 link.fail(
                     .peerLost(
                         rank: rank, peer: link.peerRank ?? -1,
@@ -700,7 +699,8 @@ extension UVTransport: PeerLinkDelegate {
     }
 
     func transferCompleted(_ id: Int) {
-        completed.insert(id)
+        // Completions come mostly in posting order, for transfers posted last: search from the end.
+        if let index = outstanding.lastIndex(where: { $0.id == id }) { outstanding[index].done = true }
     }
 }
 
