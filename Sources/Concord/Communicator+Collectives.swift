@@ -50,41 +50,49 @@ extension Communicator {
     public func allReduceBlocking<T: ConcordElement>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum)
         throws
     {
-        try performBlocking(allReduceJob(SendableBytes(buffer), nil, T.dataType, op))
+        // A closure literal rather than `allReduceJob`: not escaping, its context stays on the stack.
+        let (bytes, capacity) = (SendableBytes(buffer), self.capacity)
+        try performBlocking { try Self.allReduce(bytes, nil, T.dataType, op, capacity, $0, $1, $2) }
     }
 
     /// Blocking `allReduce` from `input` into `output`.
     public func allReduceBlocking<T: ConcordElement>(
         _ input: UnsafeBufferPointer<T>, into output: UnsafeMutableBufferPointer<T>, op: ReduceOp = .sum
     ) throws {
-        try performBlocking(allReduceJob(SendableBytes(input), SendableBytes(output), T.dataType, op))
+        let (input, output, capacity) = (SendableBytes(input), SendableBytes(output), self.capacity)
+        try performBlocking { try Self.allReduce(input, output, T.dataType, op, capacity, $0, $1, $2) }
     }
 
     func allReduceJob(_ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType, _ op: ReduceOp) -> Job {
         let capacity = self.capacity
-        return { transport, sequence, segment in
-            try input.with(output) { input, output in
-                try check(
-                    output.count == input.count, rank: transport.rank,
-                    "allReduce output holds \(output.count) elements, input \(input.count)")
-                if dataType == .float32, op == .sum || op == .avg,
-                    let plan = capacity.plan(forBytes: input.bytes.count, worldSize: transport.worldSize)
-                {
-                    // The capacity-aware ring (Communicator+Capacity.swift) works in place.
-                    if input.bytes.baseAddress != output.bytes.baseAddress {
-                        output.bytes.copyMemory(from: UnsafeRawBufferPointer(input.bytes))
-                    }
-                    let floats = output.bytes.bindMemory(to: Float.self)
-                    try Self.sum(floats, plan: plan, sequence: sequence, transport: transport, segmentBytes: segment)
-                    if op == .avg, let base = floats.baseAddress {
-                        ReduceKernels.scale(base, count: floats.count, dataType: .float32, by: 1 / Double(transport.worldSize))
-                    }
-                    return
+        return { try Self.allReduce(input, output, dataType, op, capacity, $0, $1, $2) }
+    }
+
+    private static func allReduce(
+        _ input: any Buffer, _ output: (any Buffer)?, _ dataType: DataType, _ op: ReduceOp,
+        _ capacity: CapacityState, _ transport: UVTransport, _ sequence: UInt64, _ segment: Int
+    ) throws {
+        try input.with(output) { input, output in
+            try check(
+                output.count == input.count, rank: transport.rank,
+                "allReduce output holds \(output.count) elements, input \(input.count)")
+            if dataType == .float32, op == .sum || op == .avg,
+                let plan = capacity.plan(forBytes: input.bytes.count, worldSize: transport.worldSize)
+            {
+                // The capacity-aware ring (Communicator+Capacity.swift) works in place.
+                if input.bytes.baseAddress != output.bytes.baseAddress {
+                    output.bytes.copyMemory(from: UnsafeRawBufferPointer(input.bytes))
                 }
-                try RingCollectives.allReduce(
-                    input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: input.count,
-                    dataType: dataType, op: op, sequence: sequence, transport: transport, segmentBytes: segment)
+                let floats = output.bytes.bindMemory(to: Float.self)
+                try Self.sum(floats, plan: plan, sequence: sequence, transport: transport, segmentBytes: segment)
+                if op == .avg, let base = floats.baseAddress {
+                    ReduceKernels.scale(base, count: floats.count, dataType: .float32, by: 1 / Double(transport.worldSize))
+                }
+                return
             }
+            try RingCollectives.allReduce(
+                input: UnsafeRawBufferPointer(input.bytes), output: output.bytes, count: input.count,
+                dataType: dataType, op: op, sequence: sequence, transport: transport, segmentBytes: segment)
         }
     }
 

@@ -17,10 +17,40 @@
 // and dtype, and a rank that does not is caught by the count and dtype stamped on every frame.
 import ConcordCore
 import ConcordKernels
+import Synchronization
+
+/// The address of the scratch buffer small all-reduces share between calls (see `withSmallScratch`) while
+/// none uses it, else 0.
+private let smallScratchSlot = Atomic<UInt>(0)
 
 extension RingCollectives {
     /// Buffers of at most this many bytes are all-reduced by passing whole buffers (see the file comment).
     public static let defaultGatherBytes = 16 << 10
+
+    /// Bytes of the shared scratch buffer: the gathering ring's n blocks at n = 4 and the default bound.
+    static let smallScratchBytes = 64 << 10
+
+    /// Runs `body` with `bytes` of 64-byte aligned scratch. Up to `smallScratchBytes` it is one buffer kept
+    /// between calls: a small all-reduce runs every training step, and allocating 4-64 KiB afresh costs a
+    /// malloc consolidation each time. Taken and returned by atomic exchange, so communicators on other
+    /// threads never share it (one that finds the slot empty allocates its own).
+    static func withSmallScratch<R>(
+        bytes: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> R
+    ) rethrows -> R {
+        guard bytes <= smallScratchBytes else {
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, bytes), alignment: 64)
+            defer { scratch.deallocate() }
+            return try body(scratch)
+        }
+        let base =
+            UnsafeMutableRawPointer(bitPattern: smallScratchSlot.exchange(0, ordering: .acquiring))
+            ?? UnsafeMutableRawPointer.allocate(byteCount: smallScratchBytes, alignment: 64)
+        defer {
+            let spare = smallScratchSlot.exchange(UInt(bitPattern: base), ordering: .releasing)
+            UnsafeMutableRawPointer(bitPattern: spare)?.deallocate()
+        }
+        return try body(UnsafeMutableRawBufferPointer(start: base, count: bytes))
+    }
 
     /// Whether recursive doubling applies: n a power of two above 2, every partner (rank XOR 2^k) reachable,
     /// and ring links no faster than the others. Checked on every call, so it allocates nothing.
@@ -50,13 +80,12 @@ extension RingCollectives {
     }
 
     /// Recursive doubling: swap with each partner in turn, combining lower rank's value ⊕ higher's.
-    /// The scratch lives on the stack where it fits (buffers here are at most a few KiB): no allocation.
     static func doublingAllReduce(
         _ buffer: UnsafeMutableRawBufferPointer, count: Int, dataType: DataType, op: ReduceOp,
         sequence: UInt64, transport: Transport
     ) throws {
         let bytes = count * dataType.size
-        try withUnsafeTemporaryAllocation(byteCount: max(1, bytes), alignment: 64) { theirs in
+        try withSmallScratch(bytes: bytes) { theirs in
             try doublingAllReduce(
                 buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,
                 scratch: theirs)
@@ -101,7 +130,7 @@ extension RingCollectives {
         let n = transport.worldSize
         let rank = transport.rank
         let bytes = count * dataType.size
-        try withUnsafeTemporaryAllocation(byteCount: max(1, n * bytes), alignment: 64) { blocks in
+        try withSmallScratch(bytes: n * bytes) { blocks in
             try withUnsafeTemporaryAllocation(of: TransferID.self, capacity: n - 1) { receives in
                 try gatheringAllReduce(
                     buffer, count: count, dataType: dataType, op: op, sequence: sequence, transport: transport,

@@ -110,6 +110,13 @@ final class PeerLink {
     private var earlyBytes = 0
     /// The payload of the frame being read in the `early` state.
     private var earlyPayload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    /// Where early payloads go (`earlyFrameBytes`, allocated at the first): one after the other from
+    /// `arenaUsed`, back to the start once none is held (`arenaHeld`). A small collective's frames often
+    /// come before their receives, and a malloc per frame showed in profiles. A payload that does not fit
+    /// behind the ones held is allocated on its own.
+    private var arena: UnsafeMutableRawPointer?
+    private var arenaUsed = 0
+    private var arenaHeld = 0
     /// The authentication in progress; nil once complete (or when there is none).
     private var authentication: (any LinkAuthenticationSession)?
     /// Control frames written before the handshake completed, sent as soon as it does.
@@ -137,15 +144,38 @@ final class PeerLink {
         tryBuffers.deallocate()
         inbox?.deallocate()
         dropEarlyFrames()
+        arena?.deallocate()
     }
 
     private func dropEarlyFrames() {
-        for frame in earlyFrames[earlyHead...] { frame.payload.deallocate() }
+        for frame in earlyFrames[earlyHead...] { releaseEarly(frame.payload) }
         earlyFrames.removeAll()
         earlyHead = 0
-        earlyPayload.deallocate()
+        releaseEarly(earlyPayload)
         earlyPayload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
         earlyBytes = 0
+    }
+
+    /// Memory for an early payload of `count` bytes (see `arena`).
+    private func allocateEarly(_ count: Int) -> UnsafeMutableRawBufferPointer {
+        let start = (arenaUsed + 63) & ~63
+        guard count > 0, start + count <= Self.earlyFrameBytes else {
+            return .allocate(byteCount: count, alignment: 64)
+        }
+        if arena == nil { arena = .allocate(byteCount: Self.earlyFrameBytes, alignment: 64) }
+        arenaUsed = start + count
+        arenaHeld += 1
+        return UnsafeMutableRawBufferPointer(start: arena! + start, count: count)
+    }
+
+    private func releaseEarly(_ payload: UnsafeMutableRawBufferPointer) {
+        guard let base = payload.baseAddress else { return }
+        if let arena, base >= arena, base < arena + Self.earlyFrameBytes {
+            arenaHeld -= 1
+            if arenaHeld == 0 { arenaUsed = 0 }
+        } else {
+            payload.deallocate()
+        }
     }
 
     /// Who is at the other end, for messages: "rank 3", or the address before the handshake.
@@ -471,7 +501,7 @@ final class PeerLink {
                 begin(data: header)
             } else if Int(header.payloadLength) <= Self.earlyFrameBytes - earlyBytes {
                 earlyBytes += Int(header.payloadLength)
-                earlyPayload = .allocate(byteCount: Int(header.payloadLength), alignment: 64)
+                earlyPayload = allocateEarly(Int(header.payloadLength))
                 if header.payloadLength == 0 {
                     finishEarly(header)
                 } else {
@@ -516,7 +546,7 @@ final class PeerLink {
 
     /// Checks an early frame against its receive, stores or combines its payload, and completes it.
     private func deliver(early header: FrameHeader, payload: UnsafeMutableRawBufferPointer, to receive: PostedReceive) {
-        defer { payload.deallocate() }
+        defer { releaseEarly(payload) }
         do {
             try receive.tag.check(received: header.tag!, rank: rank, peer: peerRank ?? -1)
         } catch {

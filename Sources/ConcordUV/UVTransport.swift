@@ -457,7 +457,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
 
     /// Moves bytes through the shared-memory links, if any.
     private func pumpSharedMemory() {
-        guard failure == nil else { return }
+        // Checked first: over TCP this runs on every poll, and reading `failure` copies an error.
+        guard sharedOut != nil || sharedIn != nil, failure == nil else { return }
         do {
             try sharedOut?.pump()
             try sharedIn?.pump()
