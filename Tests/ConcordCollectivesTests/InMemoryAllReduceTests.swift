@@ -76,6 +76,32 @@ struct InMemoryAllReduceTests {
         }
     }
 
+    @Test(
+        "repeated small all-reduces on ranks that are threads of one process: exact every time (the scratch kept between calls is never shared)",
+        arguments: [3, 4])
+    func repeatedSmall(ranks n: Int) {
+        let world = InMemoryWorld(worldSize: n, timeout: 20, fullyConnected: true)
+        let results = withRanks(n, seconds: 60) { rank -> Int in
+            var wrongCalls = 0
+            for step in 0..<300 {
+                // 4 B to 8 KiB: the gathering ring at n = 3, recursive doubling at n = 4.
+                let count = 1 + (step * 7) % 2048
+                var data = (0..<count).map { Float(1000 * rank + $0 + step) }
+                try data.withUnsafeMutableBytes { bytes in
+                    try RingCollectives.allReduce(
+                        bytes, count: count, dataType: .float32, op: .sum, sequence: UInt64(step + 1),
+                        transport: world.transport(rank: rank))
+                }
+                let base = Float(1000 * n * (n - 1) / 2)
+                if (0..<count).contains(where: { data[$0] != Float(n * ($0 + step)) + base }) { wrongCalls += 1 }
+            }
+            return wrongCalls
+        }
+        for (rank, result) in results.enumerated() {
+            #expect((try? result.get()) == 0, "rank \(rank): \(result)")
+        }
+    }
+
     @Test("halving-doubling where every partner is reachable (n = 4, 8), else the ring", arguments: 1...8)
     func halvingDoubling(ranks n: Int) {
         for count in Set([0, 1, max(0, n - 1), n, n + 1, 1000, 100_003]).sorted() {
