@@ -46,10 +46,13 @@ public final class EventLoop: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private var tickHandlers: [(id: Int, body: () -> Void)] = []
     private var nextTickID = 0
+    // `@exclusivity(unchecked)` on the data-path state: only the thread driving the loop touches it, never in
+    // overlapping accesses, and Swift's dynamic exclusivity checks on class properties cost 10-15% of a
+    // 4 KiB all-reduce (docs/algorithms.md, "Small messages").
     /// Microseconds `run(until:)` polls without blocking before it sleeps in epoll (only its driver sets it).
-    var spinMicroseconds = 0
+    @exclusivity(unchecked) var spinMicroseconds = 0
     /// Whether a spinning driver yields the CPU between polls (when ranks outnumber cores).
-    var yieldWhileSpinning = false
+    @exclusivity(unchecked) var yieldWhileSpinning = false
     /// Whether `uv_loop_close` succeeded at the end, i.e. no handle leaked.
     public private(set) var closedCleanly = false
     /// The handle types still open when the loop stopped (empty when it closed cleanly).

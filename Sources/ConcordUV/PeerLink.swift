@@ -71,14 +71,17 @@ final class PeerLink {
     /// The rank at the other end, once the handshake told us.
     var peerRank: Int?
     weak var delegate: PeerLinkDelegate?
-    private(set) var failure: ConcordError?
-    private(set) var isClosing = false
+    // `@exclusivity(unchecked)` on the data-path state: only the thread driving the loop touches it, never in
+    // overlapping accesses, and Swift's dynamic exclusivity checks on class properties cost 10-15% of a
+    // 4 KiB all-reduce (docs/algorithms.md, "Small messages").
+    @exclusivity(unchecked) private(set) var failure: ConcordError?
+    @exclusivity(unchecked) private(set) var isClosing = false
     /// Set by the owner when an end of stream is expected (the peer said bye).
     var peerSaidBye = false
     /// When a byte last came in and a frame last went out (`EventLoop.coarseNanoseconds`), for liveness.
-    private(set) var lastHeard = EventLoop.coarseNanoseconds()
-    private(set) var lastWritten = EventLoop.coarseNanoseconds()
-    private(set) var pendingWrites = 0
+    @exclusivity(unchecked) private(set) var lastHeard = EventLoop.coarseNanoseconds()
+    @exclusivity(unchecked) private(set) var lastWritten = EventLoop.coarseNanoseconds()
+    @exclusivity(unchecked) private(set) var pendingWrites = 0
 
     private enum ReadState {
         case header
@@ -88,8 +91,8 @@ final class PeerLink {
         case parked(FrameHeader)
         case stopped
     }
-    private var state = ReadState.header
-    private var reading = false
+    @exclusivity(unchecked) private var state = ReadState.header
+    @exclusivity(unchecked) private var reading = false
     private var controlBytes: UnsafeMutableRawPointer?
     /// The header of a frame written at once (`uv_try_write`); a queued write keeps its own copy.
     private let headerScratch = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
@@ -97,32 +100,32 @@ final class PeerLink {
     private let tryBuffers = UnsafeMutablePointer<uv_buf_t>.allocate(capacity: 2)
     /// Bytes read and not yet parsed are `inbox[inboxStart..<inboxEnd]` (allocated at the first read).
     private var inbox: UnsafeMutableRawPointer?
-    private var inboxStart = 0
-    private var inboxEnd = 0
+    @exclusivity(unchecked) private var inboxStart = 0
+    @exclusivity(unchecked) private var inboxEnd = 0
     /// Whether the read in progress goes straight into the current receive's memory.
-    private var readingDirect = false
-    private var receives: [PostedReceive] = []
-    private var receiveHead = 0
+    @exclusivity(unchecked) private var readingDirect = false
+    @exclusivity(unchecked) private var receives: [PostedReceive] = []
+    @exclusivity(unchecked) private var receiveHead = 0
     /// Complete frames that came before their receives, oldest first, and the payload bytes they hold
     /// (`earlyBytes` also counts the frame being read in the `early` state).
-    private var earlyFrames: [(header: FrameHeader, payload: UnsafeMutableRawBufferPointer)] = []
-    private var earlyHead = 0
-    private var earlyBytes = 0
+    @exclusivity(unchecked) private var earlyFrames: [(header: FrameHeader, payload: UnsafeMutableRawBufferPointer)] = []
+    @exclusivity(unchecked) private var earlyHead = 0
+    @exclusivity(unchecked) private var earlyBytes = 0
     /// The payload of the frame being read in the `early` state.
-    private var earlyPayload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    @exclusivity(unchecked) private var earlyPayload = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     /// Where early payloads go (`earlyFrameBytes`, allocated at the first): one after the other from
     /// `arenaUsed`, back to the start once none is held (`arenaHeld`). A small collective's frames often
     /// come before their receives, and a malloc per frame showed in profiles. A payload that does not fit
     /// behind the ones held is allocated on its own.
-    private var arena: UnsafeMutableRawPointer?
-    private var arenaUsed = 0
-    private var arenaHeld = 0
+    @exclusivity(unchecked) private var arena: UnsafeMutableRawPointer?
+    @exclusivity(unchecked) private var arenaUsed = 0
+    @exclusivity(unchecked) private var arenaHeld = 0
     /// The authentication in progress; nil once complete (or when there is none).
     private var authentication: (any LinkAuthenticationSession)?
     /// Control frames written before the handshake completed, sent as soon as it does.
     private var heldWrites: [(FrameHeader, [UInt8])] = []
     /// Whether the peer has proven itself (true when no authenticator is configured).
-    private(set) var isAuthenticated = true
+    @exclusivity(unchecked) private(set) var isAuthenticated = true
 
     /// A link not yet connected; with a `family` (AF_INET, AF_INET6) its socket exists at once, so options
     /// can be set before it connects.

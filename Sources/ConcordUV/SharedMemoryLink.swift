@@ -48,8 +48,11 @@ final class SharedMemoryLink {
         var done = 0
         var total: Int { SharedMemoryLink.padded(FrameHeader.size + payload.count) }
     }
-    private var sends: [PendingSend] = []
-    private var sendHead = 0
+    // `@exclusivity(unchecked)` on the data-path state: only the thread driving the loop touches it, never in
+    // overlapping accesses, and Swift's dynamic exclusivity checks on class properties cost 10-15% of a
+    // 4 KiB all-reduce (docs/algorithms.md, "Small messages").
+    @exclusivity(unchecked) private var sends: [PendingSend] = []
+    @exclusivity(unchecked) private var sendHead = 0
     /// A frame header being written or read, followed by `alignment` zero bytes (the padding's source).
     private let headerBytes = UnsafeMutableRawPointer.allocate(
         byteCount: FrameHeader.size + SharedMemoryLink.alignment, alignment: 8)
@@ -62,9 +65,9 @@ final class SharedMemoryLink {
         case payload(FrameHeader, got: Int)
         case padding(left: Int)
     }
-    private var state = ReadState.header(got: 0)
-    private var receives: [PostedReceive] = []
-    private var receiveHead = 0
+    @exclusivity(unchecked) private var state = ReadState.header(got: 0)
+    @exclusivity(unchecked) private var receives: [PostedReceive] = []
+    @exclusivity(unchecked) private var receiveHead = 0
 
     init(
         channel: SharedMemoryChannel, rank: Int, peer: Int, ringDoorbell: @escaping () -> Void,

@@ -65,18 +65,21 @@ public final class UVTransport: Transport, @unchecked Sendable {
     public let worldSize: Int
     public let loop: EventLoop
     let options: JoinOptions
-    private var left: PeerLink?
-    private var right: PeerLink?
+    // `@exclusivity(unchecked)` on the data-path state: only the thread driving the loop touches it, never in
+    // overlapping accesses, and Swift's dynamic exclusivity checks on class properties cost 10-15% of a
+    // 4 KiB all-reduce (docs/algorithms.md, "Small messages").
+    @exclusivity(unchecked) private var left: PeerLink?
+    @exclusivity(unchecked) private var right: PeerLink?
     /// Direct links to the partners of recursive doubling that are not ring neighbours, by rank (one
     /// connection each, used both ways); welcomed ones only once the join is done.
-    private var partners: [Int: PeerLink] = [:]
+    @exclusivity(unchecked) private var partners: [Int: PeerLink] = [:]
     private var welcomedPartners = Set<Int>()
     /// Every link a collective may use.
     private var links: [PeerLink] { [left, right].compactMap { $0 } + partners.values }
     /// Data to the right neighbour through shared memory (same host), instead of `right`'s socket.
-    private var sharedOut: SharedMemoryLink?
+    @exclusivity(unchecked) private var sharedOut: SharedMemoryLink?
     /// Data from the left neighbour through shared memory, instead of `left`'s socket.
-    private var sharedIn: SharedMemoryLink?
+    @exclusivity(unchecked) private var sharedIn: SharedMemoryLink?
     /// The channel offered to the right neighbour in our hello, until its welcome says yes or no.
     private var offeredChannel: (name: String, channel: SharedMemoryChannel)?
     /// Why a neighbour on this host is reached over TCP after all (for `CONCORD_TRANSPORT=shm` errors).
@@ -90,10 +93,10 @@ public final class UVTransport: Transport, @unchecked Sendable {
     private var earlyHellos: [(PeerLink, [UInt8])] = []
     private var refusal: String?
     private var tickID: Int?
-    private var nextID = 0
+    @exclusivity(unchecked) private var nextID = 0
     /// Posted transfers not yet waited for, in posting order (so by id): their payload bytes, whether they
     /// go through shared memory or to a peer on this machine, and whether they completed.
-    private var outstanding: [(id: Int, bytes: Int, shared: Bool, local: Bool, done: Bool)] = []
+    @exclusivity(unchecked) private var outstanding: [(id: Int, bytes: Int, shared: Bool, local: Bool, done: Bool)] = []
     /// Microseconds a wait for a small transfer polls before sleeping (see `EventLoop.run(until:)`);
     /// at least 1000 with yields when ranks outnumber cores on this machine.
     public private(set) var spinMicroseconds = 0
@@ -112,10 +115,10 @@ public final class UVTransport: Transport, @unchecked Sendable {
     /// wake-up a doorbell costs.
     public var spinLimitBytes = 256 << 10
     /// Whether the ranks on this machine outnumber its cores.
-    private var oversubscribed = false
+    @exclusivity(unchecked) private var oversubscribed = false
     /// The first failure; once set, every call throws it.
-    public private(set) var failure: ConcordError?
-    private var isClosed = false
+    @exclusivity(unchecked) public private(set) var failure: ConcordError?
+    @exclusivity(unchecked) private var isClosed = false
 
     /// The machine of every rank (`nodeIdentity` as each published it); ranks on one machine share it.
     public private(set) var nodes: [String] = [] {
