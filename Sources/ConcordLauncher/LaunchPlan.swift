@@ -77,18 +77,45 @@ struct LaunchPlan {
         }.joined()
     }
 
-    /// Asks the kernel for a TCP port that is free on 127.0.0.1 right now.
-    /// Calls socket(2), bind(2), getsockname(2) and close(2).
+    /// A TCP port for the rendezvous that is free on every address right now, chosen below the kernel's
+    /// ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999 by default). The kernel hands ports from
+    /// that range to outgoing connections, and one of them can take the port between this check and rank
+    /// 0's bind: `make compare`, which starts hundreds of jobs back to back, lost a run that way ("address
+    /// 0.0.0.0:47437 is already in use"). Below the range only an explicit bind can race. When the range
+    /// leaves no room below it, or every try there is taken, the kernel picks one as before.
     ///
     /// - Returns: A port number in 1...65535.
-    /// - Throws: `SystemError` if any of the calls fails.
-    static func freeLoopbackPort() throws(SystemError) -> Int {
+    /// - Throws: `SystemError` if socket(2) fails, or every bind(2) does.
+    static func freeMasterPort(ephemeral: ClosedRange<Int>? = ephemeralPortRange()) throws(SystemError) -> Int {
+        let below = 10_000..<(ephemeral?.lowerBound ?? 32_768)
+        if below.count >= 1_000 {
+            for _ in 0..<64 {
+                let port = Int.random(in: below)
+                if (try? bindAnyAddress(port: port)) != nil { return port }
+            }
+        }
+        return try bindAnyAddress(port: 0)
+    }
+
+    /// The kernel's ephemeral port range, or nil where it cannot be read.
+    static func ephemeralPortRange() -> ClosedRange<Int>? {
+        guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
+        else { return nil }
+        let bounds = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+        guard bounds.count == 2, bounds[0] <= bounds[1] else { return nil }
+        return bounds[0]...bounds[1]
+    }
+
+    /// Binds a TCP socket to `port` (0: the kernel chooses) on every IPv4 address, as rank 0's store will,
+    /// and closes it. Calls socket(2), bind(2), getsockname(2) and close(2).
+    /// - Returns: the port bound.
+    private static func bindAnyAddress(port: Int) throws(SystemError) -> Int {
         let socketFD = try systemCall("socket") { socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) }
         defer { close(socketFD) }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian  // 127.0.0.1
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = INADDR_ANY
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         try withUnsafeMutablePointer(to: &address) { pointer throws(SystemError) in
             try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw throws(SystemError) in

@@ -90,7 +90,7 @@ struct RunCommand: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "The rendezvous port given to every rank as CONCORD_MASTER_PORT (default: a free TCP port on 127.0.0.1).",
+            "The rendezvous port given to every rank as CONCORD_MASTER_PORT (default: a free TCP port below the range the kernel gives outgoing connections).",
             valueName: "port"))
     var masterPort: Int?
 
@@ -164,7 +164,7 @@ struct RunCommand: ParsableCommand {
         }
         var port = masterPort ?? 0
         do throws(SystemError) {
-            if masterPort == nil { port = try LaunchPlan.freeLoopbackPort() }
+            if masterPort == nil { port = try LaunchPlan.freeMasterPort() }
         } catch {
             Self.fail(
                 "cannot pick a free port for CONCORD_MASTER_PORT: \(error); pass --master-port", exitCode: 1
