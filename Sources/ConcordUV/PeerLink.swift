@@ -17,8 +17,9 @@
 // (one more read per frame instead of a copy of up to 64 KiB; A/B at N = 2, 7 rounds: 1 MiB 328 µs against
 // 354; 16 KiB frames were slower with it, 16.9 against 14.2 µs).
 // A small data frame that arrives before its receive is posted (the peer is already in its next step) is
-// read into a heap buffer of its own, up to `earlyFrameBytes` per link, and handed over when the receive
-// is posted: the reader keeps going, which saves the epoll_ctl pair and the extra wake-up of stopping and
+// read into the link's early-frame arena (`earlyFrameBytes`; a heap buffer of its own when the arena is
+// full behind frames still held), up to `earlyFrameBytes` per link, and handed over when the receive is
+// posted: the reader keeps going, which saves the epoll_ctl pair and the extra wake-up of stopping and
 // restarting it (measured: 1.4 stops per 4 KiB all-reduce at N = 4). Any other early frame parks the
 // reader: TCP flow control then holds the sender back, so memory stays bounded however fast the peer is.
 //
