@@ -46,9 +46,7 @@ public final class EventLoop: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private var tickHandlers: [(id: Int, body: () -> Void)] = []
     private var nextTickID = 0
-    // `@exclusivity(unchecked)` on the data-path state: only the thread driving the loop touches it, never in
-    // overlapping accesses, and Swift's dynamic exclusivity checks on class properties cost 10-15% of a
-    // 4 KiB all-reduce (docs/algorithms.md, "Small messages").
+    // `@exclusivity(unchecked)`: data-path state of the loop's driver (see UVTransport's `left`).
     /// Microseconds `run(until:)` polls without blocking before it sleeps in epoll (only its driver sets it).
     @exclusivity(unchecked) var spinMicroseconds = 0
     /// Whether a spinning driver yields the CPU between polls (when ranks outnumber cores).

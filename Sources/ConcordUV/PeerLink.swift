@@ -17,11 +17,11 @@
 // (one more read per frame instead of a copy of up to 64 KiB; A/B at N = 2, 7 rounds: 1 MiB 328 µs against
 // 354; 16 KiB frames were slower with it, 16.9 against 14.2 µs).
 // A small data frame that arrives before its receive is posted (the peer is already in its next step) is
-// read into the link's early-frame arena (`earlyFrameBytes`; a heap buffer of its own when the arena is
-// full behind frames still held), up to `earlyFrameBytes` per link, and handed over when the receive is
-// posted: the reader keeps going, which saves the epoll_ctl pair and the extra wake-up of stopping and
-// restarting it (measured: 1.4 stops per 4 KiB all-reduce at N = 4). Any other early frame parks the
-// reader: TCP flow control then holds the sender back, so memory stays bounded however fast the peer is.
+// kept, up to `earlyFrameBytes` per link (in the link's arena, or a heap buffer of its own when the arena
+// is full behind frames still held), and handed over when the receive is posted: the reader keeps going,
+// which saves the epoll_ctl pair and the extra wake-up of stopping and restarting it (measured: 1.4 stops
+// per 4 KiB all-reduce at N = 4). Any other early frame parks the reader: TCP flow control then holds the
+// sender back, so memory stays bounded however fast the peer is.
 //
 // Writes hand the kernel the 48-byte header and the caller's payload as two buffers of one writev, at once
 // when nothing is queued (`uv_try_write`), else as a queued uv_write of what remains; no copy.
@@ -72,9 +72,7 @@ final class PeerLink {
     /// The rank at the other end, once the handshake told us.
     var peerRank: Int?
     weak var delegate: PeerLinkDelegate?
-    // `@exclusivity(unchecked)` on the data-path state: only the thread driving the loop touches it, never in
-    // overlapping accesses, and Swift's dynamic exclusivity checks on class properties cost 10-15% of a
-    // 4 KiB all-reduce (docs/algorithms.md, "Small messages").
+    // `@exclusivity(unchecked)`: data-path state of the loop's driver (see UVTransport's `left`).
     @exclusivity(unchecked) private(set) var failure: ConcordError?
     @exclusivity(unchecked) private(set) var isClosing = false
     /// Set by the owner when an end of stream is expected (the peer said bye).

@@ -185,9 +185,7 @@ package final class SharedMemoryChannel: @unchecked Sendable {
     /// Bytes of the data ring.
     package let capacity: Int
 
-    // `@exclusivity(unchecked)` on the data-path state: only the thread driving the loop touches it, never in
-    // overlapping accesses, and Swift's dynamic exclusivity checks on class properties cost 10-15% of a
-    // 4 KiB all-reduce (docs/algorithms.md, "Small messages").
+    // `@exclusivity(unchecked)`: data-path state of the loop's driver (see UVTransport's `left`).
     @exclusivity(unchecked) private var region: UnsafeMutableRawPointer?
     private let regionBytes: Int
     private let data: UnsafeMutableRawPointer

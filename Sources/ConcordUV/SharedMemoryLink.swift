@@ -48,9 +48,7 @@ final class SharedMemoryLink {
         var done = 0
         var total: Int { SharedMemoryLink.padded(FrameHeader.size + payload.count) }
     }
-    // `@exclusivity(unchecked)` on the data-path state: only the thread driving the loop touches it, never in
-    // overlapping accesses, and Swift's dynamic exclusivity checks on class properties cost 10-15% of a
-    // 4 KiB all-reduce (docs/algorithms.md, "Small messages").
+    // `@exclusivity(unchecked)`: data-path state of the loop's driver (see UVTransport's `left`).
     @exclusivity(unchecked) private var sends: [PendingSend] = []
     @exclusivity(unchecked) private var sendHead = 0
     /// A frame header being written or read, followed by `alignment` zero bytes (the padding's source).
