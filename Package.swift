@@ -28,8 +28,10 @@ let package = Package(
         // Atomics on shared memory (acquire/release/fence on a word another process maps), for ConcordUV's
         // shared-memory channel between ranks on one host. Only ConcordUV imports it.
         .target(name: "CConcordShm"),
+        // Zero-copy sends (vmsplice/splice, which Swift's Glibc does not expose). Only ConcordUV imports it.
+        .target(name: "CConcordSplice"),
         // The libuv transport: loop thread, TCP links, frames, the rendezvous store, the shared-memory channel.
-        .target(name: "ConcordUV", dependencies: ["ConcordCore", "CLibUV", "CConcordShm"]),
+        .target(name: "ConcordUV", dependencies: ["ConcordCore", "CLibUV", "CConcordShm", "CConcordSplice"]),
         // The public face: Communicator.
         .target(
             name: "Concord",

@@ -110,6 +110,7 @@ public final class Communicator: @unchecked Sendable {
         options.listenPort = configuration.listenPort
         options.medium = configuration.linkMedium
         options.spinMicroseconds = configuration.spinMicroseconds
+        options.zeroCopySends = configuration.zeroCopySends
         if let bytes = configuration.receiveBufferBytes { options.receiveBufferBytes = bytes }
         if let name = configuration.sameMachineCongestionControl { options.sameMachineCongestionControl = name }
         options.authenticator = try JobAuthenticator(configuration)
@@ -226,6 +227,9 @@ public final class Communicator: @unchecked Sendable {
 
     /// The congestion control of every TCP link of this rank (ring neighbours, then doubling partners).
     package var linkCongestionControls: [String?] { loop.drive { transport.linkCongestionControls } }
+
+    /// Payload bytes this rank's TCP links sent without a copy (see ConcordUV/PeerLink.swift).
+    package var splicedBytes: Int { loop.drive { transport.splicedBytes } }
 
     /// Whether the loop closed with no libuv handle left open (checked by tests after `shutdown`).
     package var closedCleanly: Bool { loop.closedCleanly }

@@ -33,6 +33,9 @@ public struct Configuration: Sendable {
     /// kernel offers, or `system` for the system's default, written ""). nil, the default: reno, which
     /// neither paces nor bounds the window on a link that cannot lose packets (docs/algorithms.md).
     public var sameMachineCongestionControl: String?
+    /// Whether TCP data frames of 64 KiB or more are sent without the kernel's copy (`CONCORD_ZEROCOPY`: 1,
+    /// the default, or 0). Each is acknowledged by its receiver either way (see ConcordUV/PeerLink.swift).
+    public var zeroCopySends = true
 
     /// Whether large float32 sums size ring chunks by measured link capacity, and compress on slow links
     /// (`CONCORD_CAPACITY`: off, the default; weighted; or fp16, bf16, int8 for weighted chunks with that
@@ -196,6 +199,12 @@ public struct Configuration: Sendable {
                     "CONCORD_SOCKET_BUFFER=\(bytes) must be 0 (autotuning) or a size in bytes up to 1 GiB")
             }
             receiveBufferBytes = bytes
+        }
+        if let zeroCopy = try integer("CONCORD_ZEROCOPY") {
+            guard zeroCopy == 0 || zeroCopy == 1 else {
+                throw ConcordError.invalidConfiguration("CONCORD_ZEROCOPY=\(zeroCopy) must be 0 or 1")
+            }
+            zeroCopySends = zeroCopy == 1
         }
         if let name = env["CONCORD_LOCAL_CONGESTION"], !name.isEmpty {
             if name == "system" {

@@ -50,13 +50,17 @@ extension RingCollectives {
                 collective: .allReduce, sequence: sequence, dataType: dataType, op: op, count: count,
                 offset: range.lowerBound, length: range.count)
         }
+        // Sends are waited for only at the end (`waitAll`): no later step writes a block this rank sent
+        // before its partner has consumed it. A block sent at distance d in the reduce-scatter is written
+        // again only by the all-gather, with the block's final value, which cannot exist before every
+        // partial sum of it, this one included, was consumed; and a block the all-gather sends is never
+        // written again. A send that completes only once its receiver consumed it (a zero-copy TCP send,
+        // ConcordUV/PeerLink.swift) then costs no wait in the middle of the collective.
         func exchange(with partner: Int, send: Range<Int>, receive: Range<Int>, reduce: Bool) throws {
             let incoming = try transport.receive(
                 from: partner, tag: tag(receive), into: slice(buffer, receive, size), reducer: reduce ? reducer : nil)
-            let outgoing = try transport.send(
-                to: partner, tag: tag(send), from: UnsafeRawBufferPointer(slice(buffer, send, size)))
+            _ = try transport.send(to: partner, tag: tag(send), from: UnsafeRawBufferPointer(slice(buffer, send, size)))
             try transport.wait(incoming)
-            try transport.wait(outgoing)
         }
 
         var mine = 0..<n
@@ -86,5 +90,6 @@ extension RingCollectives {
                 receive: elements(theirs..<(theirs + distance)), reduce: false)
             distance *= 2
         }
+        try transport.waitAll()
     }
 }

@@ -40,6 +40,11 @@ enum FrameKind: UInt8, CustomStringConvertible {
     case doorbell = 13
     /// A message of the authentication handshake that opens every connection of a job with a secret.
     case auth = 14
+    /// The receiver has read the whole payload of the oldest data frame of at least
+    /// `FrameHeader.acknowledgedPayloadBytes` that it had not acknowledged yet; no payload. The sender
+    /// completes that frame's send only now (it may have handed the kernel references to the caller's
+    /// pages instead of copies: see PeerLink.swift, "Zero-copy sends").
+    case consumed = 15
 
     var description: String { "\(self)" }
 }
@@ -49,7 +54,9 @@ struct FrameHeader: Equatable {
     static let size = 48
     static let magic: UInt32 = 0x4443_4E43
     /// The protocol version this build speaks. Bump it whenever a frame's meaning changes.
-    static let protocolVersion: UInt16 = 2
+    static let protocolVersion: UInt16 = 3
+    /// Data frames with at least this many payload bytes are acknowledged with a `consumed` frame.
+    static let acknowledgedPayloadBytes = 64 << 10
     /// Control payloads (everything but data) are small; a larger length is malformed.
     static let maxControlPayload = 64 * 1024
     static let noRank: UInt32 = .max

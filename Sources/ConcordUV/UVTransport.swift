@@ -43,6 +43,9 @@ public struct JoinOptions: Sendable {
     public var spinMicroseconds = 50
     /// Bytes of every TCP link's receive buffer; 0: the kernel's autotuning (see `defaultReceiveBufferBytes`).
     public var receiveBufferBytes = UVTransport.defaultReceiveBufferBytes
+    /// Whether data frames of 64 KiB or more go to TCP sockets without a copy (see PeerLink.swift,
+    /// "Zero-copy sends"); false sends every byte the plain way.
+    public var zeroCopySends = true
     /// Congestion control of TCP links to ranks on this machine ("": the system's; see LinkTuning.swift).
     public var sameMachineCongestionControl = LinkTuning.defaultSameMachineCongestionControl
     /// This machine's name for the rendezvous: ranks that publish the same one share memory.
@@ -202,7 +205,9 @@ public final class UVTransport: Transport, @unchecked Sendable {
         listener.onAccept = { [unowned self] link in
             candidates[ObjectIdentifier(link)] = link
             link.delegate = self
-            link.configure(timeout: options.peerTimeout, receiveBuffer: options.receiveBufferBytes)
+            link.configure(
+                timeout: options.peerTimeout, receiveBuffer: options.receiveBufferBytes, zeroCopy: options.zeroCopySends
+            )
             link.startReading()
         }
         self.listener = listener
@@ -315,7 +320,8 @@ public final class UVTransport: Transport, @unchecked Sendable {
         }
         link.peerRank = peer
         link.delegate = self
-        link.configure(timeout: options.peerTimeout, receiveBuffer: options.receiveBufferBytes)
+        link.configure(
+            timeout: options.peerTimeout, receiveBuffer: options.receiveBufferBytes, zeroCopy: options.zeroCopySends)
         link.startReading()
         return link
     }
@@ -351,6 +357,9 @@ public final class UVTransport: Transport, @unchecked Sendable {
         [left, right].compactMap { $0 }.map(\.congestionControl)
             + partners.keys.sorted().map { partners[$0]!.congestionControl }
     }
+
+    /// Payload bytes the TCP links sent without a copy (see PeerLink.swift, "Zero-copy sends").
+    package var splicedBytes: Int { links.reduce(0) { $0 + $1.splicedBytes } }
 
     /// Which medium carries data to the right and from the left neighbour ("shm" or "tcp").
     public var media: (toRight: String, fromLeft: String) {
@@ -494,17 +503,22 @@ public final class UVTransport: Transport, @unchecked Sendable {
             (origin, reason) = (rank, error.description)
         }
         let payload = ControlText.encode([("origin", "\(origin)"), ("reason", reason)])
-        for link in links where link.failure == nil {
-            link.write(FrameHeader(kind: .abort, sender: rank), control: payload)
+        // Also on a link that failed on a frame it read (a mismatch, a malformed frame): its peer is alive,
+        // and the abort, ahead of the close, tells it why. (On a connection that is gone the write fails.)
+        for link in links where !link.isClosing {
+            link.write(FrameHeader(kind: .abort, sender: rank), control: payload, force: true)
         }
     }
 
     /// After a failure: lets queued frames (the aborts) drain for up to a second, then closes the links,
     /// which cancels every write still pointing into a caller's buffer before the error reaches the caller.
+    /// Spliced payloads still unread by their receivers get the same second: the caller may overwrite its
+    /// buffer once the error reaches it (see PeerLink.swift, "Zero-copy sends").
     private func quiesce() {
         let links = self.links
         loop.run(
-            until: { links.allSatisfy { $0.pendingWrites == 0 || $0.failure != nil } }, deadline: .after(seconds: 1))
+            until: { links.allSatisfy { ($0.pendingWrites == 0 && $0.awaitingConsumption == 0) || $0.failure != nil } },
+            deadline: .after(seconds: 1))
         for link in links { link.close() }
         closeSharedMemory()
         loop.run(until: { links.allSatisfy { $0.pendingWrites == 0 } }, deadline: .after(seconds: 1))

@@ -39,11 +39,13 @@ struct ConfigurationTests {
         #expect(alone.rank == 0 && alone.worldSize == 1)
     }
 
-    @Test("the transport, spin, socket buffer and node knobs: defaults and values")
+    @Test("the transport, spin, socket buffer, zero-copy and node knobs: defaults and values")
     func knobs() throws {
         let defaults = try Configuration(environment: [:])
         #expect(defaults.linkMedium == .auto && defaults.spinMicroseconds == 50 && defaults.node == nil)
         #expect(defaults.receiveBufferBytes == nil)
+        #expect(defaults.zeroCopySends)
+        #expect(try !Configuration(environment: ["CONCORD_ZEROCOPY": "0"]).zeroCopySends)
         let set = try Configuration(environment: [
             "CONCORD_TRANSPORT": "SHM", "CONCORD_SPIN_US": "0", "CONCORD_NODE": "rack1-box3",
             "CONCORD_SOCKET_BUFFER": "0",
@@ -53,8 +55,10 @@ struct ConfigurationTests {
         let fixed = try Configuration(environment: ["CONCORD_SOCKET_BUFFER": "1048576"])
         #expect(fixed.receiveBufferBytes == 1 << 20)
         #expect(defaults.sameMachineCongestionControl == nil)
-        #expect(try Configuration(environment: ["CONCORD_LOCAL_CONGESTION": "system"]).sameMachineCongestionControl == "")
-        #expect(try Configuration(environment: ["CONCORD_LOCAL_CONGESTION": "reno"]).sameMachineCongestionControl == "reno")
+        #expect(
+            try Configuration(environment: ["CONCORD_LOCAL_CONGESTION": "system"]).sameMachineCongestionControl == "")
+        #expect(
+            try Configuration(environment: ["CONCORD_LOCAL_CONGESTION": "reno"]).sameMachineCongestionControl == "reno")
     }
 
     @Test("loopback and this machine's interface addresses are this machine; others are not")
@@ -86,6 +90,7 @@ struct ConfigurationTests {
             (["CONCORD_SPIN_US": "-5"], "CONCORD_SPIN_US"),
             (["CONCORD_SPIN_US": "fast"], "CONCORD_SPIN_US"),
             (["CONCORD_SOCKET_BUFFER": "-1"], "CONCORD_SOCKET_BUFFER"),
+            (["CONCORD_ZEROCOPY": "2"], "CONCORD_ZEROCOPY=2 must be 0 or 1"),
             (["CONCORD_SOCKET_BUFFER": "4M"], "CONCORD_SOCKET_BUFFER"),
             (["CONCORD_LOCAL_CONGESTION": "warp"], "CONCORD_LOCAL_CONGESTION=warp is not a congestion control"),
         ]
