@@ -130,6 +130,9 @@ struct CollectiveDriver<C: BenchedCollective> {
             emit(
                 "# Max RSS              : \(mebibytes(peak)) (largest rank; \(mebibytes(startResident)) before the sweep, "
                     + "largest row's buffers \(mebibytes(largestBuffers)))")
+            emit(
+                "# Sent zero-copy       : \(mebibytes(Double(comm.splicedBytes))) (rank 0's TCP payload spliced, "
+                    + "not copied; CONCORD_ZEROCOPY)")
             emit("#")
             if let path = sweep.json {
                 do { try writeJSON(rows, to: path) } catch { fail("cannot write \(path): \(error)") }

@@ -33,7 +33,7 @@ public struct Configuration: Sendable {
     /// kernel offers, or `system` for the system's default, written ""). nil, the default: reno, which
     /// neither paces nor bounds the window on a link that cannot lose packets (docs/algorithms.md).
     public var sameMachineCongestionControl: String?
-    /// Whether TCP data frames of 64 KiB or more are sent without the kernel's copy (`CONCORD_ZEROCOPY`: 1,
+    /// Whether TCP data frames of 1 MiB or more are sent without the kernel's copy (`CONCORD_ZEROCOPY`: 1,
     /// the default, or 0). Each is acknowledged by its receiver either way (see ConcordUV/PeerLink.swift).
     public var zeroCopySends = true
 

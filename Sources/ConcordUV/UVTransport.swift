@@ -43,7 +43,7 @@ public struct JoinOptions: Sendable {
     public var spinMicroseconds = 50
     /// Bytes of every TCP link's receive buffer; 0: the kernel's autotuning (see `defaultReceiveBufferBytes`).
     public var receiveBufferBytes = UVTransport.defaultReceiveBufferBytes
-    /// Whether data frames of 64 KiB or more go to TCP sockets without a copy (see PeerLink.swift,
+    /// Whether data frames of 1 MiB or more go to TCP sockets without a copy (see PeerLink.swift,
     /// "Zero-copy sends"); false sends every byte the plain way.
     public var zeroCopySends = true
     /// Congestion control of TCP links to ranks on this machine ("": the system's; see LinkTuning.swift).

@@ -86,6 +86,44 @@ struct PeerLinkTests {
         }
     }
 
+    @Test("a frame larger than the socket takes is spliced on as it drains, with the next frame waiting behind it")
+    func spliceContinuesAsTheSocketDrains() throws {
+        try withPair { loop, sender, receiver, owner in
+            let counts = [4 << 20, 1 << 18]  // 16 MiB (more than the receive buffer), then 1 MiB
+            let sources = counts.map { UnsafeMutableBufferPointer<Float>.allocate(capacity: $0) }
+            let destinations = counts.map { UnsafeMutableBufferPointer<Float>.allocate(capacity: $0) }
+            defer { (sources + destinations).forEach { $0.deallocate() } }
+            for (k, source) in sources.enumerated() {
+                for i in 0..<source.count { source[i] = Float((i + k) % 977) }
+                destinations[k].update(repeating: -1)
+            }
+            for (k, source) in sources.enumerated() {
+                var tag = tag(counts[k])
+                tag.sequence = UInt64(k + 1)
+                sender.write(
+                    FrameHeader(data: tag, sender: 0), payload: UnsafeRawBufferPointer(source), transfer: 1 + k)
+            }
+            loop.run(until: { false }, deadline: .after(seconds: 0.1))
+            // The receiver reads nothing yet: the socket is full in the middle of the first frame.
+            #expect(sender.splicedBytes < counts[0] * 4, "the whole first frame fit: nothing to test")
+            #expect(sender.pendingWrites == 2, "the first frame in flight and the second behind it")
+            for (k, destination) in destinations.enumerated() {
+                var tag = tag(counts[k])
+                tag.sequence = UInt64(k + 1)
+                receiver.post(
+                    PostedReceive(
+                        id: 3 + k, tag: tag, destination: UnsafeMutableRawPointer(destination.baseAddress!),
+                        reducer: nil))
+            }
+            loop.run(until: { Set(owner.completed).isSuperset(of: [1, 2, 3, 4]) }, deadline: .after(seconds: 10))
+            #expect(Set(owner.completed) == [1, 2, 3, 4] && owner.failed.isEmpty, "\(owner.completed) \(owner.failed)")
+            for k in counts.indices { #expect(Array(destinations[k]) == Array(sources[k]), "frame \(k + 1)") }
+            // Nothing was copied: both payloads went to the socket as references.
+            #expect(sender.splicedBytes == counts.reduce(0, +) * 4)
+            #expect(sender.pendingWrites == 0 && sender.awaitingConsumption == 0)
+        }
+    }
+
     @Test("a consumed frame with no acknowledged frame outstanding fails the link, naming the peer")
     func strayConsumedFrame() throws {
         try withPair { loop, sender, receiver, owner in
