@@ -32,7 +32,7 @@
 // memory. What the socket does not take at once is spliced as it drains (a poll handle on a duplicate of its
 // descriptor says when), and frames written meanwhile wait behind it, in order. The
 // sending side's copy was a quarter of the CPU of a large TCP all-reduce on one machine; without it, 4-64 MiB
-// all-reduces take 14-22% less time at N = 2 and 4 (docs/algorithms.md, "Zero-copy sends over TCP").
+// all-reduces take up to 19% less time and CPU at N = 2 and 4 (docs/algorithms.md, "Zero-copy sends over TCP").
 // The price: the bytes are read from the caller's memory when the receiver reads them, not when the
 // sender wrote them, so the caller must not touch the buffer until then. Hence the receiver acknowledges
 // every data frame of that size once its whole payload is out of its socket (a `consumed` frame, in
