@@ -124,6 +124,27 @@ struct PeerLinkTests {
         }
     }
 
+    @Test(
+        "a receiver that goes away in the middle of a spliced frame fails the sender's link, naming it; nothing hangs")
+    func receiverGoneMidSplice() throws {
+        try withPair { loop, sender, receiver, owner in
+            let count = 4 << 20  // 16 MiB: more than the socket takes while nobody reads
+            let source = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
+            defer { source.deallocate() }
+            source.update(repeating: 1)
+            sender.write(FrameHeader(data: tag(count), sender: 0), payload: UnsafeRawBufferPointer(source), transfer: 1)
+            loop.run(until: { false }, deadline: .after(seconds: 0.05))
+            #expect(sender.pendingWrites == 1, "the frame is still being spliced")
+            receiver.close()
+            loop.run(until: { sender.failure != nil }, deadline: .after(seconds: 10))
+            let text = "\(sender.failure.map { "\($0)" } ?? "no failure")"
+            #expect(text.contains("rank 1") && text.contains("rank 0"), "\(text)")
+            #expect(!owner.completed.contains(1), "a send the receiver never read completed")
+            sender.close()
+            #expect(sender.pendingWrites == 0)
+        }
+    }
+
     @Test("a consumed frame with no acknowledged frame outstanding fails the link, naming the peer")
     func strayConsumedFrame() throws {
         try withPair { loop, sender, receiver, owner in
