@@ -8,22 +8,21 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-int concord_splice_open(int fds[2], int capacity) {
+int concord_splice_open(int fds[3], int capacity) {
     if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return -errno;
     // A bigger pipe moves more per pair of calls; the default (64 KiB) is the floor, pipe-max-size the roof.
     for (int bytes = capacity; bytes > 65536; bytes /= 2) {
         if (fcntl(fds[1], F_SETPIPE_SZ, bytes) >= 0) break;
     }
+    fds[2] = open("/dev/null", O_WRONLY | O_CLOEXEC);  // -1 is fine: `drain` then reads instead
     return 0;
 }
 
 /// Empties the pipe of pages the socket did not take (spliced to /dev/null: nothing is copied).
-static void drain(const int fds[2], size_t bytes) {
-    static int devnull = -1;
-    if (devnull < 0) devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+static void drain(const int fds[3], size_t bytes) {
     char scratch[4096];
     while (bytes > 0) {
-        ssize_t n = devnull >= 0 ? splice(fds[0], NULL, devnull, NULL, bytes, SPLICE_F_NONBLOCK) : -1;
+        ssize_t n = fds[2] >= 0 ? splice(fds[0], NULL, fds[2], NULL, bytes, SPLICE_F_NONBLOCK) : -1;
         if (n <= 0) n = read(fds[0], scratch, bytes < sizeof scratch ? bytes : sizeof scratch);
         if (n <= 0) return;
         bytes -= (size_t)n;
@@ -31,7 +30,7 @@ static void drain(const int fds[2], size_t bytes) {
 }
 
 ssize_t concord_splice_send(
-    int sock, const int fds[2], const void *head, size_t head_length, const void *data, size_t data_length,
+    int sock, const int fds[3], const void *head, size_t head_length, const void *data, size_t data_length,
     int *unsupported) {
     *unsupported = 0;
     size_t done = 0;

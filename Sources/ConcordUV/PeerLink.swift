@@ -146,7 +146,7 @@ final class PeerLink {
     @exclusivity(unchecked) private(set) var isAuthenticated = true
     /// Whether large payloads are spliced (see "Zero-copy sends"); off after the system refused once.
     @exclusivity(unchecked) private var splicing = false
-    /// The pipe of zero-copy sends (read end, write end), opened at the first.
+    /// The pipe of zero-copy sends (read end, write end) and /dev/null, opened at the first.
     private var splicePipe: [Int32] = []
     /// Payload bytes handed to the socket without a copy, for tests and diagnostics.
     @exclusivity(unchecked) private(set) var splicedBytes = 0
@@ -190,7 +190,7 @@ final class PeerLink {
         headerScratch.deallocate()
         tryBuffers.deallocate()
         inbox?.deallocate()
-        for fd in splicePipe { Glibc.close(fd) }
+        for fd in splicePipe where fd >= 0 { Glibc.close(fd) }
         dropEarlyFrames()
         arena?.deallocate()
     }
@@ -883,7 +883,7 @@ final class PeerLink {
     /// Opens the pipe of zero-copy sends if it is not open; false (and no more splicing) when it cannot be.
     private func openSplicePipe() -> Bool {
         if !splicePipe.isEmpty { return true }
-        var fds: [Int32] = [-1, -1]
+        var fds: [Int32] = [-1, -1, -1]
         guard concord_splice_open(&fds, Int32(Self.splicePipeBytes)) == 0 else {
             splicing = false
             return false

@@ -12,9 +12,10 @@
 extern "C" {
 #endif
 
-/// Opens the pipe a link splices through (both ends non-blocking and close-on-exec, capacity raised
-/// towards `capacity` bytes as far as the system allows). Returns 0, or -errno.
-int concord_splice_open(int fds[2], int capacity);
+/// Opens what a link splices through: `fds[0]`, `fds[1]` the pipe's ends (non-blocking, close-on-exec, its
+/// capacity raised towards `capacity` bytes as far as the system allows) and `fds[2]` /dev/null (where pages
+/// the socket did not take are dropped; -1 if it cannot be opened). Returns 0, or -errno.
+int concord_splice_open(int fds[3], int capacity);
 
 /// Writes `head` (copied) and then hands `data` to the socket `sock` without copying it, until all of it is
 /// handed or the socket would block. Never blocks. Returns the bytes written and handed, head included
@@ -22,7 +23,7 @@ int concord_splice_open(int fds[2], int capacity);
 /// system cannot splice here (the caller then writes the rest the plain way, and stops splicing). The
 /// pipe is empty on return.
 ssize_t concord_splice_send(
-    int sock, const int fds[2], const void *head, size_t head_length, const void *data, size_t data_length,
+    int sock, const int fds[3], const void *head, size_t head_length, const void *data, size_t data_length,
     int *unsupported);
 
 #ifdef __cplusplus
