@@ -11,7 +11,8 @@
 import ConcordCore
 
 /// What a frame is for.
-enum FrameKind: UInt8, CustomStringConvertible {
+/// In messages a kind reads as its case name (`"\(kind)"`: "abort").
+enum FrameKind: UInt8 {
     /// Ring or store handshake, connector → acceptor: `rank=…\nworld=…\nsession=…`.
     case hello = 1
     /// Handshake accepted, acceptor → connector.
@@ -45,8 +46,6 @@ enum FrameKind: UInt8, CustomStringConvertible {
     /// completes that frame's send only now (it may have handed the kernel references to the caller's
     /// pages instead of copies: see PeerLink.swift, "Zero-copy sends").
     case consumed = 15
-
-    var description: String { "\(self)" }
 }
 
 /// A decoded frame header.

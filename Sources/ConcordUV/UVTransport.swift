@@ -504,9 +504,12 @@ public final class UVTransport: Transport, @unchecked Sendable {
         }
         let payload = ControlText.encode([("origin", "\(origin)"), ("reason", reason)])
         // Also on a link that failed on a frame it read (a mismatch, a malformed frame): its peer is alive,
-        // and the abort, ahead of the close, tells it why. (On a connection that is gone the write fails.)
+        // and the abort, ahead of the close, tells it why. (On a connection that is gone the write fails; a
+        // link still authenticating holds it, or drops it when it failed: its peer would refuse it.)
         for link in links where !link.isClosing {
-            link.write(FrameHeader(kind: .abort, sender: rank), control: payload, force: true)
+            link.write(
+                FrameHeader(kind: .abort, sender: rank), control: payload,
+                force: link.failure != nil && link.isAuthenticated)
         }
     }
 

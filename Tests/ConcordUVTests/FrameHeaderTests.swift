@@ -17,6 +17,13 @@ struct FrameHeaderTests {
         return try FrameHeader.decode(pointer)
     }
 
+    @Test("a kind reads as its case name in messages")
+    func kindNames() {
+        // `description` once interpolated `self`, which recursed until the stack overflowed: a frame that
+        // came before authentication crashed the rank that was to name it.
+        #expect("\(FrameKind.abort)" == "abort" && "\(FrameKind.consumed)" == "consumed")
+    }
+
     @Test("a data header round-trips every field and its tag")
     func roundTrip() throws {
         let tag = SegmentTag(

@@ -17,7 +17,12 @@ struct PeerLinkTests {
     }
 
     /// Connects rank 0 (`sender`) to rank 1 (`receiver`) on a fresh loop and runs `body` as the driver.
-    func withPair(_ body: (EventLoop, _ sender: PeerLink, _ receiver: PeerLink, Owner) throws -> Void) throws {
+    /// `receiveBuffer`: the links' socket receive buffer (small ones fill with little memory: these tests
+    /// run beside others that measure the process's resident memory).
+    func withPair(
+        receiveBuffer: Int = 4 << 20,
+        _ body: (EventLoop, _ sender: PeerLink, _ receiver: PeerLink, Owner) throws -> Void
+    ) throws {
         let loop = try EventLoop(name: "peer-link-test")
         defer {
             loop.stop()
@@ -38,7 +43,7 @@ struct PeerLinkTests {
             for (link, peer) in [(sender, 1), (receiver, 0)] {
                 link.peerRank = peer
                 link.delegate = owner
-                link.configure(timeout: 10, receiveBuffer: 4 << 20)
+                link.configure(timeout: 10, receiveBuffer: receiveBuffer)
                 link.startReading()
             }
             defer {
@@ -88,8 +93,8 @@ struct PeerLinkTests {
 
     @Test("a frame larger than the socket takes is spliced on as it drains, with the next frame waiting behind it")
     func spliceContinuesAsTheSocketDrains() throws {
-        try withPair { loop, sender, receiver, owner in
-            let counts = [4 << 20, 1 << 18]  // 16 MiB (more than the receive buffer), then 1 MiB
+        try withPair(receiveBuffer: 128 << 10) { loop, sender, receiver, owner in
+            let counts = [1 << 20, 1 << 18]  // 4 MiB (more than the socket takes), then 1 MiB
             let sources = counts.map { UnsafeMutableBufferPointer<Float>.allocate(capacity: $0) }
             let destinations = counts.map { UnsafeMutableBufferPointer<Float>.allocate(capacity: $0) }
             defer { (sources + destinations).forEach { $0.deallocate() } }
@@ -127,8 +132,8 @@ struct PeerLinkTests {
     @Test(
         "a receiver that goes away in the middle of a spliced frame fails the sender's link, naming it; nothing hangs")
     func receiverGoneMidSplice() throws {
-        try withPair { loop, sender, receiver, owner in
-            let count = 4 << 20  // 16 MiB: more than the socket takes while nobody reads
+        try withPair(receiveBuffer: 128 << 10) { loop, sender, receiver, owner in
+            let count = 1 << 20  // 4 MiB: more than the socket takes while nobody reads
             let source = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
             defer { source.deallocate() }
             source.update(repeating: 1)
