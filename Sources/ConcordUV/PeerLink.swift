@@ -112,7 +112,7 @@ final class PeerLink {
     @exclusivity(unchecked) private var state = ReadState.header
     @exclusivity(unchecked) private var reading = false
     private var controlBytes: UnsafeMutableRawPointer?
-    /// The header of a frame written at once (`uv_try_write`); a queued write keeps its own copy.
+    /// The header of a frame written at once (`uv_try_write`) or being spliced; a queued write keeps its own copy.
     private let headerScratch = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
     /// The two buffers (header, payload) of a frame written at once: no array is built per frame.
     private let tryBuffers = UnsafeMutablePointer<uv_buf_t>.allocate(capacity: 2)
@@ -155,13 +155,14 @@ final class PeerLink {
     @exclusivity(unchecked) private var unconsumedHead = 0
     /// Acknowledged frames sent whose `consumed` frame has not come yet.
     var awaitingConsumption: Int { unconsumed.count - unconsumedHead }
-    /// The frame being spliced when the socket filled up: its header, payload and the bytes of both handed
-    /// so far. The rest is spliced as the socket drains (`writable`), and frames written meanwhile wait
-    /// behind it in `behindSplice`, in order (they count in `pendingWrites`).
+    /// The frame being spliced: its header (encoded in `headerScratch`, which no other write touches
+    /// meanwhile), its payload, and the bytes of both handed so far. What the socket does not take at once
+    /// is spliced as it drains (`spliceMore`), and frames written meanwhile wait behind it in
+    /// `behindSplice`, in order (they count in `pendingWrites`).
     private struct SpliceInFlight {
-        let header: UnsafeMutableRawPointer
+        let header: FrameHeader
         let payload: UnsafeRawBufferPointer
-        var done: Int
+        var done = 0
         var total: Int { FrameHeader.size + payload.count }
     }
     @exclusivity(unchecked) private var spliceInFlight: SpliceInFlight?
@@ -701,43 +702,14 @@ final class PeerLink {
         // With nothing queued, write at once (`uv_try_write`): a frame the socket takes whole completes
         // here, without a request, a callback on the next loop turn, and the epoll_ctl libuv makes after
         // every queued write completes (measured: one per frame). What the socket does not take is queued.
-        var written = 0
-        if pendingWrites == 0 && control.isEmpty && acknowledged && splicing, let payload, let fd = fileDescriptor,
-            openSplicePipe()
-        {
+        if pendingWrites == 0 && acknowledged && splicing, let payload, fileDescriptor != nil, openSplicePipe() {
             header.encode(into: headerScratch)
-            var unsupported: Int32 = 0
-            let rc = splicePipe.withUnsafeBufferPointer {
-                concord_splice_send(
-                    fd, $0.baseAddress, headerScratch, FrameHeader.size, payload.baseAddress, payloadCount, &unsupported
-                )
-            }
-            if unsupported != 0 { splicing = false }
-            if rc < 0 {
-                if failure == nil {
-                    let reason =
-                        peerSaidBye
-                        ? "it shut down its communicator" : "write failed: \(String(cString: strerror(Int32(-rc))))"
-                    fail(.peerLost(rank: rank, peer: peerRank ?? -1, reason: reason))
-                }
-                return false
-            }
-            written = rc
-            splicedBytes += max(0, rc - FrameHeader.size)
-            lastWritten = EventLoop.coarseNanoseconds()
-            if written == headerCount + payloadCount {
-                if let transfer { delegate?.transferCompleted(transfer) }
-                return true
-            }
-            // The socket is full: splice the rest as it drains (copying it would cost what splicing saves).
-            if splicing && waitForWritable() {
-                let saved = UnsafeMutableRawPointer.allocate(byteCount: FrameHeader.size, alignment: 8)
-                saved.copyMemory(from: headerScratch, byteCount: FrameHeader.size)
-                spliceInFlight = SpliceInFlight(header: saved, payload: payload, done: written)
-                pendingWrites += 1
-                return true
-            }
-        } else if pendingWrites == 0 && control.isEmpty {
+            spliceInFlight = SpliceInFlight(header: header, payload: payload)
+            pendingWrites += 1
+            return spliceMore()
+        }
+        var written = 0
+        if pendingWrites == 0 && control.isEmpty {
             header.encode(into: headerScratch)
             tryBuffers[0] = uv_buf_t(base: headerScratch.assumingMemoryBound(to: CChar.self), len: FrameHeader.size)
             var count: UInt32 = 1
@@ -754,11 +726,7 @@ final class PeerLink {
                 return true
             }
             if rc < 0 && rc != UV_EAGAIN.rawValue {
-                if failure == nil {
-                    let reason =
-                        peerSaidBye ? "it shut down its communicator" : "write failed: \(uvErrorText(rc).message)"
-                    fail(.peerLost(rank: rank, peer: peerRank ?? -1, reason: reason))
-                }
+                failWriting(uvErrorText(rc).message)
                 return false
             }
             written = max(0, Int(rc))
@@ -825,43 +793,42 @@ final class PeerLink {
             poll.pointee.data = Unmanaged.passUnretained(self).toOpaque()
             writablePoll = poll
         }
-        return uv_poll_start(writablePoll, Int32(UV_WRITABLE.rawValue), linkWritable) == 0
+        return uv_is_active(writablePoll!.asHandle) != 0
+            || uv_poll_start(writablePoll, Int32(UV_WRITABLE.rawValue), linkWritable) == 0
     }
 
-    /// The socket has room: splices more of the frame in flight; once it is whole, writes the frames that
-    /// waited behind it.
-    fileprivate func writable() {
-        guard var frame = spliceInFlight, !isClosing, let fd = fileDescriptor else { return }
+    /// Splices what the socket takes now of the frame in flight (at its write, and whenever the socket has
+    /// drained since). Once the frame is whole, writes the frames that waited behind it. When the system will
+    /// not splice or not watch the socket, the rest of the frame is copied (a uv_write) instead. Returns
+    /// false when the socket failed.
+    @discardableResult
+    fileprivate func spliceMore() -> Bool {
+        guard var frame = spliceInFlight, !isClosing, let fd = fileDescriptor else { return false }
         let headerDone = min(frame.done, FrameHeader.size)
         let payloadDone = frame.done - headerDone
         var unsupported: Int32 = 0
         let rc = splicePipe.withUnsafeBufferPointer {
             concord_splice_send(
-                fd, $0.baseAddress, frame.header + headerDone, FrameHeader.size - headerDone,
+                fd, $0.baseAddress, headerScratch + headerDone, FrameHeader.size - headerDone,
                 frame.payload.baseAddress! + payloadDone, frame.payload.count - payloadDone, &unsupported)
         }
         if rc < 0 {
             endSplice()
-            if failure == nil {
-                let reason =
-                    peerSaidBye
-                    ? "it shut down its communicator" : "write failed: \(String(cString: strerror(Int32(-rc))))"
-                fail(.peerLost(rank: rank, peer: peerRank ?? -1, reason: reason))
-            }
-            return
+            failWriting(String(cString: strerror(Int32(-rc))))
+            return false
         }
         splicedBytes += max(0, frame.done + rc - FrameHeader.size) - payloadDone
         frame.done += rc
         if rc > 0 { lastWritten = EventLoop.coarseNanoseconds() }
-        if frame.done < frame.total && unsupported == 0 {
-            spliceInFlight = frame
-            return
-        }
         if unsupported != 0 { splicing = false }
-        let header = try? FrameHeader.decode(frame.header)
+        // The socket is full: splice the rest as it drains (copying it would cost what splicing saves).
+        if frame.done < frame.total && splicing && waitForWritable() {
+            spliceInFlight = frame
+            return true
+        }
         endSplice()
-        if frame.done < frame.total, let header {
-            _ = queue(header, control: [], payload: frame.payload, after: frame.done, transfer: nil)
+        if frame.done < frame.total {
+            _ = queue(frame.header, control: [], payload: frame.payload, after: frame.done, transfer: nil)
         }
         let waiting = behindSplice
         behindSplice.removeAll()
@@ -869,12 +836,12 @@ final class PeerLink {
         for frame in waiting {
             write(frame.header, control: frame.control, payload: frame.payload, transfer: frame.transfer, force: true)
         }
+        return true
     }
 
     /// Forgets the frame in flight (its bytes handed, or the link failing) and stops watching the socket.
     private func endSplice() {
-        guard let frame = spliceInFlight else { return }
-        frame.header.deallocate()
+        guard spliceInFlight != nil else { return }
         spliceInFlight = nil
         pendingWrites -= 1
         if let writablePoll { uv_poll_stop(writablePoll) }
@@ -896,10 +863,16 @@ final class PeerLink {
         pendingWrites -= 1
         if status == 0 {
             if let id = request.transfer { delegate?.transferCompleted(id) }
-        } else if status != UV_ECANCELED.rawValue && failure == nil {
-            let reason = peerSaidBye ? "it shut down its communicator" : "write failed: \(uvErrorText(status).message)"
-            fail(.peerLost(rank: rank, peer: peerRank ?? -1, reason: reason))
+        } else if status != UV_ECANCELED.rawValue {
+            failWriting(uvErrorText(status).message)
         }
+    }
+
+    /// A write to the socket failed with `message`: the peer is lost (or, after its bye, gone as it said).
+    private func failWriting(_ message: String) {
+        guard failure == nil else { return }
+        let reason = peerSaidBye ? "it shut down its communicator" : "write failed: \(message)"
+        fail(.peerLost(rank: rank, peer: peerRank ?? -1, reason: reason))
     }
 
     // MARK: - Failing and closing
@@ -993,7 +966,7 @@ private func linkWritten(_ request: UnsafeMutablePointer<uv_write_t>?, _ status:
 }
 
 private func linkWritable(_ poll: UnsafeMutablePointer<uv_poll_t>?, _ status: Int32, _ events: Int32) {
-    Unmanaged<PeerLink>.fromOpaque(poll!.pointee.data).takeUnretainedValue().writable()
+    Unmanaged<PeerLink>.fromOpaque(poll!.pointee.data).takeUnretainedValue().spliceMore()
 }
 
 private func linkClosed(_ handle: UnsafeMutablePointer<uv_handle_t>?) {
