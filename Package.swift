@@ -46,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "ConcordLauncher",
             dependencies: [
-                "CConcordCPU", "Concord", "ConcordDiscovery",
+                "CConcordCPU", "Concord", "ConcordCore", "ConcordDiscovery",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .executableTarget(

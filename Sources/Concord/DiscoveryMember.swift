@@ -338,7 +338,7 @@ public final class DiscoveryMember: @unchecked Sendable {
     /// A port free for TCP (the store or ring listener later) and bound for UDP now.
     private static func bindJobPort(loop: EventLoop) throws -> (DatagramSocket, Int) {
         for _ in 0..<20 {
-            let candidate = try freeTCPPort()
+            let candidate = try FreePort.tcp()
             let socket = try DatagramSocket(loop: loop)
             do {
                 try socket.bind(host: "0.0.0.0", port: candidate, reuseAddress: false)
@@ -368,21 +368,5 @@ public final class DiscoveryMember: @unchecked Sendable {
         throw ConcordError.invalidConfiguration(
             "none of the listed peers (" + listed.map(\.description).joined(separator: ", ")
                 + ") is an address of this host with a free port")
-    }
-
-    private static func freeTCPPort() throws -> Int {
-        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ConcordError.system(rank: -1, call: "socket", code: errno, message: "") }
-        defer { Glibc.close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let rc = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Glibc.bind(fd, $0, length) == 0 ? getsockname(fd, $0, &length) : -1
-            }
-        }
-        guard rc == 0 else { throw ConcordError.system(rank: -1, call: "bind", code: errno, message: "") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

@@ -5,10 +5,11 @@
 // whole contract with the programs it starts (the CONCORD_* variables, documented in `concord run
 // --help`); keeping it here, as a pure function, keeps that contract in one place.
 //
-// The default rendezvous port is a free one: bind 127.0.0.1:0, read the port the kernel chose, close
-// the socket. Another process could take the port before rank 0 binds it, but unlike a fixed default
-// it lets several jobs on one host run side by side.
+// The default rendezvous port is a free one, chosen below the kernel's ephemeral range (FreePort in
+// ConcordCore): unlike a fixed default it lets several jobs on one host run side by side, and no outgoing
+// connection can take it before rank 0 binds it.
 
+import ConcordCore
 import Glibc
 
 /// A validated description of one job.
@@ -77,52 +78,17 @@ struct LaunchPlan {
         }.joined()
     }
 
-    /// A TCP port for the rendezvous that is free on every address right now, chosen below the kernel's
-    /// ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999 by default). The kernel hands ports from
-    /// that range to outgoing connections, and one of them can take the port between this check and rank
-    /// 0's bind: `make compare`, which starts hundreds of jobs back to back, lost a run that way ("address
-    /// 0.0.0.0:47437 is already in use"). Below the range only an explicit bind can race. When the range
-    /// leaves no room below it, or every try there is taken, the kernel picks one as before.
+    /// A TCP port for the rendezvous that is free on every address right now, below the kernel's ephemeral
+    /// range where there is room (see ConcordCore/FreePort.swift).
     ///
     /// - Returns: A port number in 1...65535.
     /// - Throws: `SystemError` if socket(2) fails, or every bind(2) does.
-    static func freeMasterPort(ephemeral: ClosedRange<Int>? = ephemeralPortRange()) throws(SystemError) -> Int {
-        let below = 10_000..<(ephemeral?.lowerBound ?? 32_768)
-        if below.count >= 1_000 {
-            for _ in 0..<64 {
-                let port = Int.random(in: below)
-                if (try? bindAnyAddress(port: port)) != nil { return port }
-            }
+    static func freeMasterPort() throws(SystemError) -> Int {
+        do {
+            return try FreePort.tcp()
+        } catch {
+            guard case .system(_, let call, let code, _) = error else { throw SystemError(call: "bind", errno: EINVAL) }
+            throw SystemError(call: call, errno: code)
         }
-        return try bindAnyAddress(port: 0)
-    }
-
-    /// The kernel's ephemeral port range, or nil where it cannot be read.
-    static func ephemeralPortRange() -> ClosedRange<Int>? {
-        guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)
-        else { return nil }
-        let bounds = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
-        guard bounds.count == 2, bounds[0] <= bounds[1] else { return nil }
-        return bounds[0]...bounds[1]
-    }
-
-    /// Binds a TCP socket to `port` (0: the kernel chooses) on every IPv4 address, as rank 0's store will,
-    /// and closes it. Calls socket(2), bind(2), getsockname(2) and close(2).
-    /// - Returns: the port bound.
-    private static func bindAnyAddress(port: Int) throws(SystemError) -> Int {
-        let socketFD = try systemCall("socket") { socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) }
-        defer { close(socketFD) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = INADDR_ANY
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        try withUnsafeMutablePointer(to: &address) { pointer throws(SystemError) in
-            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw throws(SystemError) in
-                try systemCall("bind") { bind(socketFD, raw, length) }
-                try systemCall("getsockname") { getsockname(socketFD, raw, &length) }
-            }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

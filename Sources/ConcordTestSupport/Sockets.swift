@@ -1,21 +1,14 @@
+import ConcordCore
 import Foundation
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed).
+/// A TCP port free on 127.0.0.1 a moment ago, below the ephemeral range and never the same twice in a row
+/// within this process, so tests running in parallel do not race for it (see ConcordCore/FreePort.swift).
 public func freeTCPPort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    precondition(fd >= 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-        }
+    do {
+        return try FreePort.tcp()
+    } catch {
+        preconditionFailure("cannot bind a port: \(error)")
     }
-    precondition(ok, "cannot bind a port: \(String(cString: strerror(errno)))")
-    return Int(UInt16(bigEndian: address.sin_port))
 }
 
 /// A plain blocking TCP socket for tests that play a misbehaving peer.
